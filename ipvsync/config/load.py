@@ -1,0 +1,179 @@
+"""YAML text -> plain Python values plus a map from config path to FILE:LINE:COL.
+
+Rules of residence: parsing only. Knows YAML and its traps (duplicate keys, YAML 1.1 booleans and
+sexagesimal numbers, recursive or exploding aliases, non-mapping documents); knows nothing about
+what the keys mean. Every problem is a `ConfigError` carrying file, line, column and path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+
+MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
+_YAML11_BOOL = re.compile(r"^(y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
+_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+_NULL = re.compile(r"^(~|null|Null|NULL|)$")
+_BOOL = re.compile(r"^(true|True|TRUE|false|False|FALSE)$")
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    """One problem in a config file, printable as FILE:LINE:COL: path: message."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigInvalid(Exception):
+    """Raised with every error found in a config (never just the first)."""
+
+    def __init__(self, errors: list[ConfigError]):
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+@dataclass
+class Document:
+    """A parsed file: its values and where each value came from."""
+
+    file: str
+    data: Any
+    marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path) -> tuple[int, int]:
+        """Line/column of the value at `path`, or of its nearest ancestor."""
+        p = tuple(path)
+        while p:
+            if p in self.marks:
+                return self.marks[p]
+            p = p[:-1]
+        return self.marks.get((), (1, 1))
+
+    def error(self, path: Path, message: str) -> ConfigError:
+        line, col = self.where(path)
+        return ConfigError(self.file, line, col, format_path(path), message)
+
+
+def format_path(path: Path) -> str:
+    """('services', 'web', 'real_servers', 1, 'port') -> services.web.real_servers[1].port"""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _scalar(node: yaml.ScalarNode, doc: Document, path: Path, errors: list[ConfigError]) -> Any:
+    text = node.value
+    if node.style is not None:  # quoted or block scalar: always a string
+        return text
+    if not node.tag.startswith("tag:yaml.org,2002:") or node.tag.rsplit(":", 1)[-1] in (
+            "binary", "set", "omap", "pairs") or node.tag.startswith("tag:yaml.org,2002:python"):
+        errors.append(doc.error(path, f"YAML tag {node.tag!r} is not allowed; plain values only"))
+        return text
+    if _YAML11_BOOL.match(text):
+        errors.append(doc.error(
+            path, f"{text!r} is a YAML 1.1 boolean trap; write true/false, or quote it for a string"))
+        return text
+    if _NULL.match(text):
+        return None
+    if _BOOL.match(text):
+        return text.lower() == "true"
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    if _SEXAGESIMAL.match(text):
+        errors.append(doc.error(
+            path, f"{text!r} is a YAML 1.1 sexagesimal number (base 60); quote it if you mean the text"))
+        return text
+    return text
+
+
+def _convert(node: yaml.Node, doc: Document, path: Path, errors: list[ConfigError], budget: list[int],
+             active: set[int]) -> Any:
+    budget[0] += 1
+    if budget[0] > MAX_NODES:
+        raise ConfigInvalid([doc.error(path, f"document expands to more than {MAX_NODES} values (alias bomb?)")])
+    doc.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if id(node) in active:
+        raise ConfigInvalid([doc.error(path, "recursive YAML alias")])
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, doc, path, errors)
+    active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            return [_convert(child, doc, path + (i,), errors, budget, active) for i, child in enumerate(node.value)]
+        out: dict[str, Any] = {}
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge":
+                errors.append(doc.error(path, "YAML merge keys (<<) are not supported; write the keys out"))
+                continue
+            if not isinstance(knode, yaml.ScalarNode):
+                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
+                errors.append(ConfigError(doc.file, line, col, format_path(path), "mapping keys must be plain text"))
+                continue
+            key = knode.value
+            if key in out:
+                line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
+                first = doc.marks.get(path + (key,), (0, 0))[0]
+                errors.append(ConfigError(doc.file, line, col, format_path(path + (key,)),
+                                          f"duplicate key {key!r} (first defined on line {first})"))
+                continue
+            doc.marks[path + (key,)] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+            out[key] = _convert(vnode, doc, path + (key,), errors, budget, active)
+        return out
+    finally:
+        active.discard(id(node))
+
+
+def parse(text: str, file: str) -> Document:
+    """Parse one YAML document into plain values with marks; raise ConfigInvalid on any problem."""
+    doc = Document(file, None)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        msg = f"{exc.problem or 'invalid YAML'}" + (f" ({exc.context})" if exc.context else "")
+        raise ConfigInvalid([ConfigError(file, line, col, "", f"YAML syntax: {msg}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid([ConfigError(file, 0, 0, "", f"YAML syntax: {exc}")]) from None
+    except RecursionError:
+        raise ConfigInvalid([ConfigError(file, 0, 0, "", "YAML nesting too deep")]) from None
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise ConfigInvalid([ConfigError(file, 1, 1, "", "the file is empty; expected a mapping with 'version: 1'")])
+    if len(nodes) > 1:
+        line = nodes[1].start_mark.line + 1
+        raise ConfigInvalid([ConfigError(file, line, 1, "", "more than one YAML document; expected exactly one")])
+    root = nodes[0]
+    if not isinstance(root, yaml.MappingNode):
+        line, col = root.start_mark.line + 1, root.start_mark.column + 1
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        raise ConfigInvalid([ConfigError(file, line, col, "", f"the document is {kind}; expected a mapping of keys")])
+    errors: list[ConfigError] = []
+    try:
+        doc.data = _convert(root, doc, (), errors, [0], set())
+    except RecursionError:
+        raise ConfigInvalid([ConfigError(file, 0, 0, "", "YAML nesting too deep")]) from None
+    if errors:
+        raise ConfigInvalid(errors)
+    return doc

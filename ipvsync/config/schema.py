@@ -1,0 +1,125 @@
+"""Structural validation against schemas/ipvsync.schema.json, errors mapped to FILE:LINE:COL.
+
+Rules of residence: the JSON Schema is the structural truth; this module only finds it, runs it and
+turns jsonschema's errors into `ConfigError`s a sysadmin can act on. Semantics live in build.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path as FsPath
+from typing import Any
+
+from ipvsync.config.load import ConfigError, Document
+
+SCHEMA_NAME = "ipvsync.schema.json"
+
+
+def schema_path() -> FsPath:
+    """Where the schema is: $IPVSYNC_SCHEMA, the source tree, the wheel's data dir, or /usr/share."""
+    candidates = []
+    if os.environ.get("IPVSYNC_SCHEMA"):
+        candidates.append(FsPath(os.environ["IPVSYNC_SCHEMA"]))
+    here = FsPath(__file__).resolve().parent
+    candidates += [
+        here.parent.parent / "schemas" / SCHEMA_NAME,
+        here.parent / "data" / SCHEMA_NAME,
+        FsPath(sys.prefix) / "share" / "ipvsync" / SCHEMA_NAME,
+        FsPath("/usr/local/share/ipvsync") / SCHEMA_NAME,
+        FsPath("/usr/share/ipvsync") / SCHEMA_NAME,
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{SCHEMA_NAME} not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    with open(schema_path(), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema())
+
+
+def _leaf_errors(error: Any) -> list[Any]:
+    """For oneOf/anyOf, descend into the branch that matches the instance's type."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        inst = error.instance
+        want = ("object" if isinstance(inst, dict) else "array" if isinstance(inst, list) else
+                "string" if isinstance(inst, str) else "boolean" if isinstance(inst, bool) else
+                "number" if isinstance(inst, (int, float)) else "null")
+        by_branch: dict[int, list[Any]] = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+        for subs in by_branch.values():
+            if any(s.validator == "type" and len(s.relative_schema_path) == 2 for s in subs):
+                continue  # this branch is for another type
+            if all(s.validator in ("type",) for s in subs):
+                continue
+            # the branch matches the type but something inside is wrong: report that
+            if want in ("object", "array", "string", "number"):
+                out: list[Any] = []
+                for s in subs:
+                    out.extend(_leaf_errors(s))
+                return out
+    return [error]
+
+
+def _message(error: Any) -> str:
+    v = error.validator
+    inst = error.instance
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
+        what = ", ".join(repr(x) for x in extra) or "a key"
+        return f"unknown key {what}; allowed: {', '.join(allowed)}"
+    if v == "enum":
+        return f"{inst!r} is not one of: {', '.join(str(x) for x in error.validator_value)}"
+    if v == "const":
+        return f"{inst!r} is not allowed; expected {error.validator_value!r}"
+    if v == "oneOf" and error.schema.get("description"):
+        return f"{inst!r} is not valid: expected {error.schema['description'][0].lower()}{error.schema['description'][1:]}"
+    if v == "propertyNames":
+        return f"{error.message}"
+    if v == "pattern" and error.schema.get("description"):
+        return f"{inst!r} does not match {error.validator_value!r} ({error.schema['description']})"
+    return error.message
+
+
+def validate(doc: Document) -> list[ConfigError]:
+    """Every structural error of a parsed document, sorted by line."""
+    errors: list[ConfigError] = []
+    seen: set[tuple[Any, str]] = set()
+    for err in _validator().iter_errors(doc.data):
+        for leaf in _leaf_errors(err):
+            path = tuple(leaf.absolute_path)
+            if "propertyNames" in leaf.absolute_schema_path:
+                # the offending name is the instance; point at that key
+                path = path + (leaf.instance,) if isinstance(leaf.instance, str) else path
+                msg = f"service name {leaf.instance!r} must match ^[a-z0-9][a-z0-9_.-]{{0,62}}$"
+            else:
+                msg = _message(leaf)
+                if leaf.validator == "additionalProperties" and isinstance(leaf.instance, dict):
+                    extra = sorted(set(leaf.instance) - set(leaf.schema.get("properties", {})))
+                    if len(extra) == 1:
+                        path = path + (extra[0],)
+            key = (path, msg)
+            if key in seen:
+                continue
+            seen.add(key)
+            errors.append(doc.error(path, msg))
+    errors.sort(key=lambda e: (e.line, e.column))
+    return errors
+
+
+def schema_json() -> str:
+    return json.dumps(load_schema(), indent=2)
