@@ -1,0 +1,124 @@
+"""Writes to links and addresses through pyroute2's IPRoute (0.7.2 and current), imported lazily.
+
+Rules of residence: the only module that changes links or addresses. VIPs are /32 or /128 with
+IFA_F_NOPREFIXROUTE (and IFA_F_NODAD for IPv6); on a real (non-dummy) interface a gratuitous ARP or
+unsolicited neighbour advertisement tells the segment where the VIP now lives.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from ipvsync.model import AF_INET6, Vip
+
+IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_HOST = 254
+
+
+class LinkWriter:
+    """Lazy IPRoute wrapper: pyroute2 is imported on the first write only."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def index(self, name: str) -> int:
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            raise OSError(19, f"no interface named {name}")
+        return int(found[0])
+
+    def create_dummy(self, name: str) -> None:
+        self.ipr.link("add", ifname=name, kind="dummy")
+        self.ipr.link("set", index=self.index(name), state="up")
+
+    def delete_link(self, name: str) -> None:
+        self.ipr.link("del", index=self.index(name))
+
+    def set_up(self, name: str, up: bool = True) -> None:
+        self.ipr.link("set", index=self.index(name), state="up" if up else "down")
+
+    def _addr_msg(self, vip: Vip, index: int) -> Any:
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        msg = ifaddrmsg()
+        msg["family"] = vip.family
+        msg["prefixlen"] = vip.prefixlen
+        msg["index"] = index
+        msg["scope"] = RT_SCOPE_UNIVERSE
+        flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.family == AF_INET6 else 0)
+        msg["flags"] = flags & 0xFF
+        msg["attrs"] = [("IFA_LOCAL", vip.address), ("IFA_ADDRESS", vip.address), ("IFA_FLAGS", flags)]
+        return msg
+
+    def bind(self, vip: Vip, announce: bool = False) -> None:
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_NEWADDR
+
+        index = self.index(vip.interface)
+        self.ipr.nlm_request(self._addr_msg(vip, index), msg_type=RTM_NEWADDR,
+                             msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        if announce:
+            try:
+                announce_vip(vip, index)
+            except OSError:
+                pass  # best effort: the neighbours learn it on their next ARP/ND anyway
+
+    def unbind(self, vip: Vip) -> None:
+        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+        from pyroute2.netlink.rtnl import RTM_DELADDR
+
+        index = self.index(vip.interface)
+        self.ipr.nlm_request(self._addr_msg(vip, index), msg_type=RTM_DELADDR, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+
+
+def _mac(ifname: str) -> bytes:
+    with open(f"/sys/class/net/{ifname}/address") as fh:
+        return bytes.fromhex(fh.read().strip().replace(":", ""))
+
+
+def announce_vip(vip: Vip, index: int) -> None:
+    """Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6) for a freshly bound VIP."""
+    mac = _mac(vip.interface)
+    if len(mac) != 6:
+        return
+    if vip.family == AF_INET6:
+        _unsolicited_na(vip, index, mac)
+        return
+    ip = socket.inet_aton(vip.address)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, b"\xff" * 6, ip)
+    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((vip.interface, 0))
+        for _ in range(2):
+            s.send(frame)
+
+
+def _unsolicited_na(vip: Vip, index: int, mac: bytes) -> None:
+    target = socket.inet_pton(socket.AF_INET6, vip.address)
+    # type 136, code 0, checksum (kernel fills it for ICMPv6 raw sockets), flags: override
+    body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + target + struct.pack("!BB", 2, 1) + mac
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        try:
+            s.bind((vip.address, 0, 0, index))
+        except OSError:
+            pass
+        s.sendto(body, ("ff02::1", 0, 0, index))

@@ -1,0 +1,162 @@
+"""The kernel as apply.py sees it: observe everything, run operations, report one result each.
+
+Rules of residence: maps plan operations to the IPVS codec, the link writer and sysctls. Holds
+the sockets (one IPVS socket, one rtnetlink reader, a lazily created pyroute2 IPRoute).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+
+from ipvsync.kernel import ipvs_codec as codec
+from ipvsync.kernel.addresses import LinkWriter
+from ipvsync.kernel.ipvs import IpvsSocket
+from ipvsync.kernel.rtnl import Rtnl
+from ipvsync.model import Vip
+from ipvsync.plan import (
+    AddDaemon,
+    AddDest,
+    AddService,
+    BindVip,
+    CreateLink,
+    DelDaemon,
+    DelDest,
+    DeleteLink,
+    DelService,
+    EditDest,
+    EditService,
+    Observed,
+    Op,
+    SetLinkUp,
+    SetTimeouts,
+    UnbindVip,
+)
+
+
+def ipvs_payload(op: Op) -> bytes:
+    """The genetlink request for an IPVS operation."""
+    if isinstance(op, AddService):
+        return codec.new_service(op.key, op.attrs)
+    if isinstance(op, EditService):
+        return codec.set_service(op.key, op.new)
+    if isinstance(op, DelService):
+        return codec.del_service(op.key)
+    if isinstance(op, AddDest):
+        return codec.new_dest(op.service, op.key, op.family, op.attrs)
+    if isinstance(op, EditDest):
+        return codec.set_dest(op.service, op.key, op.family, op.new)
+    if isinstance(op, DelDest):
+        return codec.del_dest(op.service, op.key, op.family)
+    if isinstance(op, AddDaemon):
+        return codec.new_daemon(op.daemon)
+    if isinstance(op, DelDaemon):
+        return codec.del_daemon(op.daemon)
+    if isinstance(op, SetTimeouts):
+        return codec.set_config(*op.new)
+    raise TypeError(f"not an IPVS operation: {op!r}")
+
+
+class Kernel:
+    """Live kernel access for one network namespace."""
+
+    def __init__(self) -> None:
+        self.ipvs = IpvsSocket()
+        self.rtnl = Rtnl()
+        self.links = LinkWriter()
+
+    def close(self) -> None:
+        self.ipvs.close()
+        self.rtnl.close()
+        self.links.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False) -> Observed:
+        services = self.ipvs.dump()
+        links = self.rtnl.links()
+        link = links.get(vip_interface)
+        addresses: frozenset[Vip] = frozenset()
+        if link is not None:
+            addresses = frozenset(
+                Vip(a.address, vip_interface) for a in self.rtnl.addresses()
+                if a.index == link.index and a.prefixlen in (32, 128))
+        return Observed(
+            services=services, addresses=addresses, link_exists=link is not None,
+            link_up=bool(link and link.up),
+            daemons=tuple(self.ipvs.daemons()) if daemons else (),
+            timeouts=self.ipvs.config() if timeouts else None)
+
+    def is_dummy(self, name: str) -> bool:
+        link = self.rtnl.links().get(name)
+        return bool(link and link.kind == "dummy")
+
+    def run_ipvs(self, ops: Sequence[Op]) -> list[int | None]:
+        """One result per op: 0 done, errno failed, None not attempted (after a failed batch)."""
+        return self.ipvs.execute([ipvs_payload(op) for op in ops], stop_on_error=True)
+
+    def run_other(self, op: Op) -> int:
+        """A link or address operation; returns 0 or an errno."""
+        try:
+            if isinstance(op, CreateLink):
+                self.links.create_dummy(op.name)
+            elif isinstance(op, DeleteLink):
+                self.links.delete_link(op.name)
+            elif isinstance(op, SetLinkUp):
+                self.links.set_up(op.name, op.up)
+            elif isinstance(op, BindVip):
+                self.links.bind(op.vip, announce=not self.is_dummy(op.vip.interface))
+            elif isinstance(op, UnbindVip):
+                self.links.unbind(op.vip)
+            else:
+                raise TypeError(f"unknown operation {op!r}")
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        except Exception as exc:  # pyroute2 raises NetlinkError (an OSError subclass in new releases)
+            code = getattr(exc, "code", None)
+            return int(code) if isinstance(code, int) and code > 0 else errno.EIO
+        return 0
+
+
+def read_sysctl(name: str) -> str | None:
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def write_sysctl(name: str, value: int) -> None:
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as fh:
+        fh.write(f"{value}\n")
+
+
+def scheduler_available(name: str) -> bool | None:
+    """True/False when the running kernel says; None when it cannot tell (no module index)."""
+    mod = f"ip_vs_{name}"
+    try:
+        with open("/proc/modules") as fh:
+            if any(line.split(" ", 1)[0] == mod for line in fh):
+                return True
+    except OSError:
+        return None
+    release = os.uname().release
+    base = f"/lib/modules/{release}"
+    found_index = False
+    for fname in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join(base, fname)) as fh:
+                found_index = True
+                for line in fh:
+                    path = line.split(":", 1)[0]
+                    stem = os.path.basename(path).split(".ko", 1)[0]
+                    if stem == mod:
+                        return True
+        except OSError:
+            continue
+    return False if found_index else None
