@@ -15,8 +15,6 @@ from ipvsync.model import AF_INET6, Vip
 
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_HOST = 254
 
 
 class LinkWriter:
@@ -54,26 +52,10 @@ class LinkWriter:
     def set_up(self, name: str, up: bool = True) -> None:
         self.ipr.link("set", index=self.index(name), state="up" if up else "down")
 
-    def _addr_msg(self, vip: Vip, index: int) -> Any:
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
-        msg = ifaddrmsg()
-        msg["family"] = vip.family
-        msg["prefixlen"] = vip.prefixlen
-        msg["index"] = index
-        msg["scope"] = RT_SCOPE_UNIVERSE
-        flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.family == AF_INET6 else 0)
-        msg["flags"] = flags & 0xFF
-        msg["attrs"] = [("IFA_LOCAL", vip.address), ("IFA_ADDRESS", vip.address), ("IFA_FLAGS", flags)]
-        return msg
-
     def bind(self, vip: Vip, announce: bool = False) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-        from pyroute2.netlink.rtnl import RTM_NEWADDR
-
         index = self.index(vip.interface)
-        self.ipr.nlm_request(self._addr_msg(vip, index), msg_type=RTM_NEWADDR,
-                             msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.family == AF_INET6 else 0)
+        self.ipr.addr("add", index=index, address=vip.address, prefixlen=vip.prefixlen, IFA_FLAGS=flags)
         if announce:
             try:
                 announce_vip(vip, index)
@@ -81,11 +63,7 @@ class LinkWriter:
                 pass  # best effort: the neighbours learn it on their next ARP/ND anyway
 
     def unbind(self, vip: Vip) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.rtnl import RTM_DELADDR
-
-        index = self.index(vip.interface)
-        self.ipr.nlm_request(self._addr_msg(vip, index), msg_type=RTM_DELADDR, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+        self.ipr.addr("del", index=self.index(vip.interface), address=vip.address, prefixlen=vip.prefixlen)
 
 
 def _mac(ifname: str) -> bytes:
