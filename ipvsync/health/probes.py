@@ -1,0 +1,563 @@
+"""Probes: one async function per check type, each returning a `ProbeResult`.
+
+Rules of residence: I/O only, no health state. A `ProbeSpec` is the frozen, hashable description of
+one probe (type, target, timeout and type parameters; never rise/fall/interval), so identical probes
+from different services collapse onto one key. Sockets are created per probe in the caller's network
+namespace, non-blocking, driven by the running event loop (no threads, no executors); timeouts use
+`asyncio.timeout`, so a probe costs one task and one socket. Exceptions never escape `run_probe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import pwd
+import re
+import signal
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipvsync.health import dnswire
+from ipvsync.model import AF_INET6, addr_family
+
+SO_MARK = getattr(socket, "SO_MARK", 36)
+DEFAULT_INTERVAL = 5.0
+DEFAULT_TIMEOUT = 3.0
+DEFAULT_STATUS = ((200, 399),)
+DEFAULT_BODY_MAX = 65536
+EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXEC_DEFAULT_USER = "nobody"  # used when the daemon runs as root and the check names no user
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    reason: str  # "ok", "timeout", "refused", "status 503", "regex mismatch", "exit 2", ...
+    latency: float  # seconds
+    weight: int | None = None  # file checks: the integer found in the file
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return v
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What to probe and how: the dedup key. `params` holds the type's own keys, sorted."""
+
+    type: str
+    address: str = ""  # target (connect_ip or the real server); "" for file checks
+    port: int = 0
+    timeout: float = DEFAULT_TIMEOUT
+    params: tuple[tuple[str, Any], ...] = ()
+    source_address: str = ""
+    fwmark: int = 0
+    _p: dict[str, Any] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_p", dict(self.params))
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return self._p.get(name, default)
+
+    @property
+    def family(self) -> int:
+        return addr_family(self.address)
+
+    @property
+    def sockaddr(self) -> tuple[Any, ...]:
+        return (self.address, self.port, 0, 0) if self.family == AF_INET6 else (self.address, self.port)
+
+    @property
+    def digest(self) -> str:
+        """A stable text identity (for the state dir)."""
+        return json.dumps([self.type, self.address, self.port, self.timeout, self.params, self.source_address,
+                           self.fwmark], separators=(",", ":"), default=str)
+
+    def describe(self) -> str:
+        """Short human text for logs and status: 'tcp 10.0.0.1:80', 'http GET 10.0.0.1:80/health'."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        if self.type in ("http", "https"):
+            return f"{self.type} {self.param('method', 'GET')} {host}:{self.port}{self.param('path', '/')}"
+        if self.type == "exec":
+            return "exec " + " ".join(self.param("command", ()))
+        if self.type == "file":
+            return f"file {self.param('path')}"
+        if self.type == "dns":
+            return f"dns {host}:{self.port} {self.param('query_name', '.')} {self.param('query_type', 'SOA')}"
+        return f"{self.type} {host}:{self.port}"
+
+
+PROBE_KEYS = {"method", "path", "host", "status", "body_regex", "body_max", "tls_verify", "ca_file", "sni",
+              "payload", "expect", "query_name", "query_type", "command", "user"}
+
+
+def spec_for(health: dict[str, Any], rs_address: str, rs_port: int,
+             env: dict[str, str] | None = None) -> ProbeSpec | None:
+    """The ProbeSpec of a resolved health block for one real server; None for type none.
+
+    `env` (exec checks only) becomes part of the key, so exec probes are never shared across services.
+    """
+    kind = health.get("type", "none")
+    if kind == "none":
+        return None
+    from ipvsync.config.build import parse_duration
+
+    timeout = parse_duration(health.get("timeout", DEFAULT_TIMEOUT))
+    params = {k: v for k, v in health.items() if k in PROBE_KEYS}
+    if kind == "exec" and env:
+        params["env"] = env
+    if kind in ("exec", "file"):
+        address, port = ("", 0) if kind == "file" else (rs_address, rs_port)
+    else:
+        address, port = health.get("connect_ip", rs_address), health.get("connect_port", rs_port)
+    return ProbeSpec(type=kind, address=address, port=port, timeout=timeout,
+                     params=_freeze(params), source_address=health.get("source_address", ""),
+                     fwmark=health.get("fwmark", 0))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"tls: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "unreachable"
+        return errno.errorcode.get(exc.errno, str(exc.errno)).lower()
+    return f"error: {exc}"
+
+
+def _socket(spec: ProbeSpec, kind: int) -> socket.socket:
+    sock = socket.socket(spec.family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        if spec.fwmark:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, spec.fwmark)
+        if spec.source_address:
+            sock.bind((spec.source_address, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: tuple[Any, ...]) -> None:
+    """Non-blocking connect driven by one writer callback (cheaper than loop.sock_connect)."""
+    err = sock.connect_ex(addr)
+    if err == 0:
+        return
+    if err not in (errno.EINPROGRESS, errno.EAGAIN):
+        raise OSError(err, os.strerror(err))
+    fut = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+_LINGER0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {l_onoff=1, l_linger=0}
+
+
+async def probe_tcp(spec: ProbeSpec) -> ProbeResult:
+    """Connect within the timeout, then reset (no TIME_WAIT on the prober, like HAProxy's connect checks)."""
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    sock = None
+    try:
+        sock = _socket(spec, socket.SOCK_STREAM)
+        async with asyncio.timeout(spec.timeout):
+            await _connect(loop, sock, spec.sockaddr)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+        return ProbeResult(True, "ok", time.monotonic() - t0)
+    except (OSError, TimeoutError) as exc:
+        return ProbeResult(False, _reason(exc), time.monotonic() - t0)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------------------------- http
+
+_ssl_contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+
+
+def ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """Contexts are costly (CA store); one per (verify, ca_file), shared by every probe."""
+    key = (verify, ca_file)
+    ctx = _ssl_contexts.get(key)
+    if ctx is None:
+        if verify:
+            ctx = ssl.create_default_context(cafile=ca_file)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _ssl_contexts[key] = ctx
+    return ctx
+
+
+def status_ranges(spec: list[Any] | tuple[Any, ...] | None) -> tuple[tuple[int, int], ...]:
+    """[200, "300-399"] -> ((200, 200), (300, 399)); default 200-399."""
+    if not spec:
+        return DEFAULT_STATUS
+    out = []
+    for s in spec:
+        if isinstance(s, int):
+            out.append((s, s))
+        else:
+            lo, _, hi = str(s).partition("-")
+            out.append((int(lo), int(hi or lo)))
+    return tuple(out)
+
+
+_regex_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    rx = _regex_cache.get(text)
+    if rx is None:
+        rx = _regex_cache[text] = re.compile(text)
+    return rx
+
+
+def _dechunk(data: bytes, limit: int) -> bytes:
+    """Best-effort decoding of a chunked body (enough for a regex over its first bytes)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(data) and len(out) < limit:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        try:
+            size = int(data[pos:eol].split(b";")[0], 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        out += data[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2
+    return bytes(out[:limit])
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    want = limit
+    if not chunked and "content-length" in headers:
+        try:
+            want = min(limit, int(headers["content-length"]))
+        except ValueError:
+            pass
+    cap = want if not chunked else limit + 64 * 1024
+    buf = bytearray()
+    while len(buf) < cap:
+        data = await reader.read(cap - len(buf))
+        if not data:
+            break
+        buf += data
+        if chunked and buf.endswith(b"0\r\n\r\n"):
+            break
+    return _dechunk(bytes(buf), limit) if chunked else bytes(buf[:limit])
+
+
+async def probe_http(spec: ProbeSpec) -> ProbeResult:
+    """One HTTP/1.1 request (Connection: close); status in ranges; optional regex over the first bytes."""
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    tls = spec.type == "https"
+    method = spec.param("method", "GET")
+    host_text = f"[{spec.address}]" if spec.family == AF_INET6 else spec.address
+    default_port = 443 if tls else 80
+    host = spec.param("host") or (host_text if spec.port == default_port else f"{host_text}:{spec.port}")
+    req = (f"{method} {spec.param('path', '/')} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ipvsync-health\r\n"
+           "Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+    sock = None
+    writer = None
+    try:
+        sock = _socket(spec, socket.SOCK_STREAM)
+        async with asyncio.timeout(spec.timeout):
+            await _connect(loop, sock, spec.sockaddr)
+            ctx = None
+            server_hostname = None
+            if tls:
+                ctx = ssl_context(bool(spec.param("tls_verify", True)), spec.param("ca_file"))
+                server_hostname = spec.param("sni") or spec.param("host") or spec.address
+            reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx,
+                                                           server_hostname=server_hostname)
+            sock = None  # owned by the transport now
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                return ProbeResult(False, "bad response", time.monotonic() - t0)
+            code = int(parts[1])
+            if not any(lo <= code <= hi for lo, hi in status_ranges(spec.param("status"))):
+                return ProbeResult(False, f"status {code}", time.monotonic() - t0)
+            pattern = spec.param("body_regex")
+            if pattern is not None and method != "HEAD":
+                headers = {}
+                for line in lines[1:]:
+                    k, sep, v = line.partition(":")
+                    if sep:
+                        headers[k.strip().lower()] = v.strip()
+                body = await _read_body(reader, headers, int(spec.param("body_max", DEFAULT_BODY_MAX)))
+                if not _regex(pattern).search(body.decode("utf-8", "replace")):
+                    return ProbeResult(False, "regex mismatch", time.monotonic() - t0)
+        return ProbeResult(True, f"status {code}", time.monotonic() - t0)
+    except asyncio.IncompleteReadError:
+        return ProbeResult(False, "connection closed", time.monotonic() - t0)
+    except asyncio.LimitOverrunError:
+        return ProbeResult(False, "headers too long", time.monotonic() - t0)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return ProbeResult(False, _reason(exc), time.monotonic() - t0)
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+        if sock is not None:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------------------------- udp, dns
+
+_HEX = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def decode_payload(text: str) -> bytes:
+    """Text with \\xNN escapes -> bytes (other characters as UTF-8)."""
+    out = bytearray()
+    pos = 0
+    for m in _HEX.finditer(text):
+        out += text[pos:m.start()].encode()
+        out.append(int(m.group(1), 16))
+        pos = m.end()
+    out += text[pos:].encode()
+    return bytes(out)
+
+
+async def _udp_exchange(spec: ProbeSpec, payload: bytes, wait_reply: bool) -> tuple[bytes | None, float]:
+    """Send one datagram on a connected socket; return the reply (None: no reply within the timeout,
+    only when `wait_reply` is false). ICMP port unreachable surfaces as ConnectionRefusedError."""
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+    sock = _socket(spec, socket.SOCK_DGRAM)
+    try:
+        sock.connect(spec.sockaddr)  # UDP: no I/O, sets the peer so ICMP errors are reported
+        try:
+            async with asyncio.timeout(spec.timeout):
+                await loop.sock_sendall(sock, payload)
+                data = await loop.sock_recv(sock, 65535)
+        except TimeoutError:
+            if wait_reply:
+                raise
+            return None, time.monotonic() - t0
+        return data, time.monotonic() - t0
+    finally:
+        sock.close()
+
+
+async def probe_udp(spec: ProbeSpec) -> ProbeResult:
+    """Send the payload; with `expect` a matching reply is required, else silence or any reply is up."""
+    t0 = time.monotonic()
+    expect = spec.param("expect")
+    try:
+        payload = decode_payload(spec.param("payload", ""))
+        reply, latency = await _udp_exchange(spec, payload, expect is not None)
+    except (OSError, TimeoutError) as exc:
+        return ProbeResult(False, _reason(exc), time.monotonic() - t0)
+    if expect is not None:
+        assert reply is not None
+        if not _regex(expect).search(reply.decode("latin-1")):
+            return ProbeResult(False, "regex mismatch", latency)
+        return ProbeResult(True, "reply matched", latency)
+    return ProbeResult(True, "reply" if reply is not None else "no error", latency)
+
+
+async def probe_dns(spec: ProbeSpec) -> ProbeResult:
+    """Query name/type over UDP; up = NOERROR with at least one answer."""
+    t0 = time.monotonic()
+    qid = int.from_bytes(os.urandom(2), "big")
+    name, qtype = spec.param("query_name", "."), spec.param("query_type", "SOA")
+    try:
+        query = dnswire.encode_query(qid, name, qtype)
+        loop = asyncio.get_running_loop()
+        sock = _socket(spec, socket.SOCK_DGRAM)
+        try:
+            sock.connect(spec.sockaddr)
+            async with asyncio.timeout(spec.timeout):
+                await loop.sock_sendall(sock, query)
+                while True:  # skip stray datagrams (wrong id or question) until the timeout
+                    data = await loop.sock_recv(sock, 65535)
+                    try:
+                        reply = dnswire.decode_reply(data)
+                    except dnswire.DnsError:
+                        continue
+                    if reply.id == qid and reply.is_response and reply.question.lower() == query[12:].lower():
+                        break
+        finally:
+            sock.close()
+    except dnswire.DnsError as exc:
+        return ProbeResult(False, f"bad query: {exc}", time.monotonic() - t0)
+    except (OSError, TimeoutError) as exc:
+        return ProbeResult(False, _reason(exc), time.monotonic() - t0)
+    latency = time.monotonic() - t0
+    if reply.rcode != 0:
+        return ProbeResult(False, reply.rcode_name, latency)
+    if not reply.answers:
+        return ProbeResult(False, "no answer", latency)
+    return ProbeResult(True, f"NOERROR {len(reply.answers)} answers", latency)
+
+
+# ---------------------------------------------------------------------------------------------- exec, file
+
+def _exec_user(name: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to switch to, or None to run as ourselves. Raises PermissionError/KeyError."""
+    euid = os.geteuid()
+    if name is None:
+        if euid != 0:
+            return None
+        name = EXEC_DEFAULT_USER
+    pw = pwd.getpwnam(name)
+    if pw.pw_uid == euid:
+        return None
+    if euid != 0:
+        raise PermissionError(f"cannot run as {name}: the daemon is not root")
+    return pw.pw_uid, pw.pw_gid
+
+
+async def probe_exec(spec: ProbeSpec) -> ProbeResult:
+    """Run the argument list (no shell) in its own process group; exit 0 = up; timeout kills the group."""
+    t0 = time.monotonic()
+    argv = list(spec.param("command", ()))
+    env = {"PATH": EXEC_PATH, **dict(spec.param("env", ()))}
+    try:
+        ids = _exec_user(spec.param("user"))
+    except KeyError:
+        return ProbeResult(False, f"no such user {spec.param('user')}", 0.0)
+    except PermissionError as exc:
+        return ProbeResult(False, str(exc), 0.0)
+    kwargs: dict[str, Any] = {}
+    if ids is not None:
+        kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, **kwargs)
+    except OSError as exc:
+        return ProbeResult(False, f"cannot run {argv[0]}: {exc.strerror}", time.monotonic() - t0)
+    try:
+        async with asyncio.timeout(spec.timeout):
+            rc = await proc.wait()
+    except TimeoutError:
+        _killpg(proc.pid)
+        await proc.wait()
+        return ProbeResult(False, "timeout", time.monotonic() - t0)
+    except asyncio.CancelledError:
+        _killpg(proc.pid)
+        raise
+    latency = time.monotonic() - t0
+    if rc == 0:
+        return ProbeResult(True, "exit 0", latency)
+    if rc < 0:
+        return ProbeResult(False, f"signal {signal.Signals(-rc).name}", latency)
+    return ProbeResult(False, f"exit {rc}", latency)
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def probe_file_sync(spec: ProbeSpec) -> ProbeResult:
+    """Operator switch: absent = up; present = down, unless it holds an integer (the weight)."""
+    t0 = time.monotonic()
+    path = spec.param("path")
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(64).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return ProbeResult(True, "file absent", time.monotonic() - t0)
+    except IsADirectoryError:
+        return ProbeResult(False, "file present", time.monotonic() - t0, weight=0)
+    except OSError as exc:
+        return ProbeResult(False, f"file unreadable: {exc.strerror}", time.monotonic() - t0, weight=0)
+    if text.isdigit():
+        w = int(text)
+        return ProbeResult(w > 0, f"file weight {w}", time.monotonic() - t0, weight=w)
+    return ProbeResult(False, "file present", time.monotonic() - t0, weight=0)
+
+
+async def probe_file(spec: ProbeSpec) -> ProbeResult:
+    return probe_file_sync(spec)
+
+
+async def probe_none(spec: ProbeSpec) -> ProbeResult:
+    return ProbeResult(True, "none", 0.0)
+
+
+PROBES = {"tcp": probe_tcp, "http": probe_http, "https": probe_http, "udp": probe_udp, "dns": probe_dns,
+          "exec": probe_exec, "file": probe_file, "none": probe_none}
+
+
+async def run_probe(spec: ProbeSpec) -> ProbeResult:
+    """Dispatch on the type; any unexpected exception becomes a failed result."""
+    try:
+        return await PROBES[spec.type](spec)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a probe must never take the scheduler down
+        return ProbeResult(False, _reason(exc), 0.0)
+
+
+def use_pidfd_child_watcher() -> bool:
+    """Python 3.11's default child watcher starts a thread per subprocess; pidfd needs none.
+
+    Installs asyncio.PidfdChildWatcher for the running loop when the kernel supports pidfd_open.
+    Python >= 3.12 already does this. Returns True when pidfd watching is in effect.
+    """
+    import sys
+    import warnings
+
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return sys.version_info >= (3, 12)
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        current = asyncio.get_child_watcher()
+        if isinstance(current, asyncio.PidfdChildWatcher):
+            return True
+        watcher = asyncio.PidfdChildWatcher()
+        asyncio.set_child_watcher(watcher)
+        watcher.attach_loop(asyncio.get_running_loop())
+    return True
