@@ -21,16 +21,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ipvsync.config.build import parse_duration
 from ipvsync.config.spec import Config
 from ipvsync.health import effective
 from ipvsync.health.machine import FLAP_MAX, FLAP_WINDOW, UP, RsHealth, Transition, initial, step
 from ipvsync.health.probes import (
-    DEFAULT_INTERVAL,
     ProbeResult,
     ProbeSpec,
+    ProbeTemplate,
+    probe_template,
     run_probe,
-    spec_for,
     use_pidfd_child_watcher,
 )
 from ipvsync.model import PROTOCOL_NAMES, DestKey
@@ -58,7 +57,6 @@ class _Entry:
     service: str
     dest: DestKey
     spec: ProbeSpec | None
-    ident: str  # stable text identity for the state dir
     health: RsHealth
     on_failure: str = "inhibit"
     job: _Job | None = None
@@ -66,6 +64,15 @@ class _Entry:
     file_weight: int | None = None
     flap_logged: bool = False
     suppressed: int = 0
+
+    @property
+    def ident(self) -> str:
+        """Stable text identity (service, real server, probe parameters) for the state dir."""
+        return _ident(self.service, self.dest, self.spec)
+
+
+def _ident(service: str, dest: DestKey, spec: ProbeSpec | None) -> str:
+    return f"{service}|{dest}|{spec.digest if spec else 'none'}"
 
 
 def _exec_env(svc: Any, rs: Any) -> dict[str, str]:
@@ -133,14 +140,19 @@ class HealthMonitor:
         jobs: dict[tuple[ProbeSpec, float], _Job] = {}
         by_service: dict[str, list[RsId]] = {}
         pending: dict[str, int] = {}
+        templates: dict[int, tuple[dict[str, Any], ProbeTemplate | None]] = {}  # by id(health block)
         for svc in config.services:
             keys: list[RsId] = []
             unchecked = 0
             for rs in svc.real_servers:
                 h = rs.health or {"type": "none"}
-                kind = h.get("type", "none")
+                cached = templates.get(id(h))
+                if cached is None:
+                    cached = templates[id(h)] = (h, probe_template(h))  # h kept alive: id stays unique
+                tpl = cached[1]
+                kind = tpl.type if tpl is not None else "none"
                 env = _exec_env(svc, rs) if kind == "exec" else None
-                spec = spec_for(h, rs.key.address, rs.key.port, env)
+                spec = tpl.spec(rs.key.address, rs.key.port, env) if tpl is not None else None
                 rise, fall = (1, 1) if kind == "file" else (int(h.get("rise", 2)), int(h.get("fall", 3)))
                 key = (svc.name, rs.key)
                 old = self._entries.get(key)
@@ -149,14 +161,13 @@ class HealthMonitor:
                     if (old.health.rise, old.health.fall) != (rise, fall):
                         entry.health = replace(old.health, rise=rise, fall=fall)
                 else:
-                    ident = f"{svc.name}|{rs.key}|{spec.digest if spec else 'none'}"
-                    health = self._start(spec, ident, key, h, rise, fall, serving, saved_states, now,
-                                         wall_now)
-                    entry = _Entry(svc.name, rs.key, spec, ident, health)
+                    health = self._start(spec, key, h, rise, fall, serving, saved_states, now, wall_now)
+                    entry = _Entry(svc.name, rs.key, spec, health)
                 entry.on_failure = h.get("on_failure", "inhibit")
                 entry.job = None
                 if spec is not None:
-                    interval = parse_duration(h.get("interval", DEFAULT_INTERVAL))
+                    assert tpl is not None
+                    interval = tpl.interval
                     jk = (spec, interval)
                     job = jobs.get(jk)
                     if job is None:
@@ -188,12 +199,12 @@ class HealthMonitor:
         self._jobs = jobs
         self._wake()
 
-    def _start(self, spec: ProbeSpec | None, ident: str, key: RsId, h: dict[str, Any], rise: int, fall: int,
+    def _start(self, spec: ProbeSpec | None, key: RsId, h: dict[str, Any], rise: int, fall: int,
                serving: set[RsId] | frozenset[RsId], saved_states: dict[str, Any], now: float,
                wall_now: float) -> RsHealth:
         if spec is None:
             return initial(True, now, rise, fall, reason="no check", origin="none")
-        s = saved_states.get(ident)
+        s = saved_states.get(_ident(key[0], key[1], spec)) if saved_states else None
         if isinstance(s, dict) and s.get("state") in ("up", "down"):
             since = now - max(0.0, wall_now - float(s.get("since", wall_now)))
             return initial(s["state"] == "up", since, rise, fall, reason=str(s.get("reason", "saved")),
@@ -254,8 +265,8 @@ class HealthMonitor:
         wall_off = self.wall() - self.clock()
         states = {}
         for e in self._entries.values():
-            if e.spec is None:
-                continue
+            if e.spec is None or (e.health.probes == 0 and e.health.origin == "initial"):
+                continue  # nothing learnt yet: a later restart should use serving/initial instead
             states[e.ident] = {"state": UP if e.health.is_up else "down", "since": e.health.since + wall_off,
                                "reason": e.health.last_reason}
         return {"version": SNAPSHOT_VERSION, "states": states}

@@ -61,13 +61,14 @@ class ProbeSpec:
     params: tuple[tuple[str, Any], ...] = ()
     source_address: str = ""
     fwmark: int = 0
-    _p: dict[str, Any] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_p", dict(self.params))
+    _p: dict[str, Any] | None = field(default=None, init=False, compare=False, hash=False, repr=False)
 
     def param(self, name: str, default: Any = None) -> Any:
-        return self._p.get(name, default)
+        p = self._p
+        if p is None:
+            p = dict(self.params)
+            object.__setattr__(self, "_p", p)
+        return p.get(name, default)
 
     @property
     def family(self) -> int:
@@ -107,22 +108,50 @@ def spec_for(health: dict[str, Any], rs_address: str, rs_port: int,
 
     `env` (exec checks only) becomes part of the key, so exec probes are never shared across services.
     """
+    t = probe_template(health)
+    return None if t is None else t.spec(rs_address, rs_port, env)
+
+
+@dataclass(frozen=True)
+class ProbeTemplate:
+    """The parsed, target-independent part of a health block (shared by every real server using it)."""
+
+    type: str
+    timeout: float
+    interval: float
+    params: tuple[tuple[str, Any], ...]
+    source_address: str
+    fwmark: int
+    connect_ip: str | None
+    connect_port: int | None
+
+    def spec(self, rs_address: str, rs_port: int, env: dict[str, str] | None = None) -> ProbeSpec:
+        params = self.params
+        if self.type == "exec" and env:
+            params = params + (("env", _freeze(env)),)
+        if self.type == "file":
+            address, port = "", 0
+        elif self.type == "exec":
+            address, port = rs_address, rs_port
+        else:
+            address = self.connect_ip or rs_address
+            port = self.connect_port or rs_port
+        return ProbeSpec(self.type, address, port, self.timeout, params, self.source_address, self.fwmark)
+
+
+def probe_template(health: dict[str, Any]) -> ProbeTemplate | None:
+    """Parse a resolved health block once; None for type none."""
     kind = health.get("type", "none")
     if kind == "none":
         return None
     from ipvsync.config.build import parse_duration
 
-    timeout = parse_duration(health.get("timeout", DEFAULT_TIMEOUT))
-    params = {k: v for k, v in health.items() if k in PROBE_KEYS}
-    if kind == "exec" and env:
-        params["env"] = env
-    if kind in ("exec", "file"):
-        address, port = ("", 0) if kind == "file" else (rs_address, rs_port)
-    else:
-        address, port = health.get("connect_ip", rs_address), health.get("connect_port", rs_port)
-    return ProbeSpec(type=kind, address=address, port=port, timeout=timeout,
-                     params=_freeze(params), source_address=health.get("source_address", ""),
-                     fwmark=health.get("fwmark", 0))
+    return ProbeTemplate(
+        type=kind, timeout=parse_duration(health.get("timeout", DEFAULT_TIMEOUT)),
+        interval=parse_duration(health.get("interval", DEFAULT_INTERVAL)),
+        params=_freeze({k: v for k, v in health.items() if k in PROBE_KEYS}),
+        source_address=health.get("source_address", ""), fwmark=health.get("fwmark", 0),
+        connect_ip=health.get("connect_ip"), connect_port=health.get("connect_port"))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
