@@ -182,7 +182,8 @@ def test_withdraw_vip_only_when_every_user_is_below_quorum():
     vip = "192.0.2.1"
     s1 = svc("web", vip, {A: 1}, quorum=1, withdraw_vip=True)
     rs_b = RealServer(B, AF_INET, DestAttrs(weight=1), ORIGIN, {"type": "tcp"})
-    s2 = Service("web-tls", ServiceKey(AF_INET, 6, vip, 443), ServiceAttrs(), (rs_b,), ORIGIN, (vip,), quorum=1)
+    key2 = ServiceKey(AF_INET, 6, vip, 443)
+    s2 = Service("web-tls", key2, ServiceAttrs(), (rs_b,), ORIGIN, (vip,), quorum=1)
     other = svc("api", "192.0.2.2", {C: 1}, quorum=1, withdraw_vip=True)
     cfg = Config("t.yaml", (s1, s2, other))
     d = from_config(cfg)
