@@ -362,6 +362,11 @@ class _Builder:
                           health=health_block)
 
 
+def _line_col(data: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of a byte offset, for errors found before YAML parsing."""
+    return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
 def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Document, str]:
     with open(path, "rb") as fh:
         data = fh.read()
@@ -371,10 +376,13 @@ def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Doc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigInvalid([ConfigError(path, 0, 0, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) \
-            from None
+        line, col = _line_col(data, exc.start)
+        msg = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigInvalid([ConfigError(path, line, col, "", msg)]) from None
     if "\0" in text:
-        raise ConfigInvalid([ConfigError(path, 0, 0, "", "the file contains NUL bytes; expected YAML text")])
+        line, col = _line_col(data, data.index(b"\0"))
+        msg = "the file contains NUL bytes; expected YAML text"
+        raise ConfigInvalid([ConfigError(path, line, col, "", msg)])
     doc = parse(text, path)
     if cache is not None:
         cache[path] = (digest, doc)
