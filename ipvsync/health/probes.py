@@ -585,6 +585,7 @@ def use_pidfd_child_watcher() -> bool:
         warnings.simplefilter("ignore", DeprecationWarning)
         current = asyncio.get_child_watcher()
         if isinstance(current, asyncio.PidfdChildWatcher):
+            current.attach_loop(asyncio.get_running_loop())  # may have been attached to an older loop
             return True
         watcher = asyncio.PidfdChildWatcher()
         asyncio.set_child_watcher(watcher)
