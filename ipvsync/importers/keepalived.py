@@ -214,10 +214,12 @@ class _Reader:
                     skip_depth = max(sum(t.kind == "{" for t in toks) - sum(t.kind == "}" for t in toks), 0)
                     continue
                 text = rest
-            toks = self._split(text, path, lineno)
-            if toks and toks[0].kind == "w" and toks[0].text in INCLUDE_WORDS:
-                self._include(path, lineno, toks, out)
+            first_word = text.split(None, 1)[0] if text.strip() else ""
+            if first_word in INCLUDE_WORDS:  # keepalived reads include lines raw: braces are glob syntax
+                names = re.split(r"[#!]", text, maxsplit=1)[0].split()[1:]
+                self._include(path, lineno, first_word, names, out)
                 continue
+            toks = self._split(text, path, lineno)
             out.extend(toks)
             out.append(_Tok("nl", "", "", path, lineno))
 
@@ -232,16 +234,17 @@ class _Reader:
         raise KeepalivedParseError(path, lineno, "parameter substitution does not terminate (recursive "
                                                  "definition)")
 
-    def _include(self, path: str, lineno: int, toks: list[_Tok], out: list[_Tok]) -> None:
+    def _include(self, path: str, lineno: int, word: str, names: list[str], out: list[_Tok]) -> None:
         base = os.path.dirname(os.path.abspath(path))
-        if len(toks) < 2:
-            raise KeepalivedParseError(path, lineno, f"'{toks[0].text}' needs a file name")
-        for tok in toks[1:]:
-            pattern = tok.text if os.path.isabs(tok.text) else os.path.join(base, tok.text)
+        if not names:
+            raise KeepalivedParseError(path, lineno, f"'{word}' needs a file name")
+        for name in names:
+            name = name.strip("\"'")
+            pattern = name if os.path.isabs(name) else os.path.join(base, name)
             matches = sorted({m for p in _brace_expand(pattern) for m in glob.glob(p)})
             files = [m for m in matches if os.path.isfile(m)]
             if not files:
-                self.notes.append(f"{path}:{lineno}: {toks[0].text} — no file matches {tok.text!r} "
+                self.notes.append(f"{path}:{lineno}: {word} — no file matches {name!r} "
                                   "(keepalived ignores it too)")
             for f in files:
                 self.read(f, out, (path, lineno))
@@ -466,6 +469,10 @@ class _VS:
     timing: dict[str, float] = field(default_factory=dict)
     virtualhost: str | None = None
     rs: list[_RS] = field(default_factory=list)
+    kw: dict[str, Node] = field(default_factory=dict)  # keyword -> its last statement, for notes
+
+    def at(self, keyword: str) -> Node:
+        return self.kw.get(keyword, self.node)
 
 
 class _Converter:
@@ -520,6 +527,8 @@ class _Converter:
             elif c.name == "weight" and c.args:
                 tf["weight"] = int(c.args[0]) if re.fullmatch(r"-?[0-9]+", c.args[0]) else 1
                 tf["reverse"] = "reverse" in c.args[1:]
+                self.note(c, "approximated: keepalived multiplies the number in the file by this weight; "
+                             "ipvsync's file check only switches the server up or down")
             else:
                 self.note(c, "track_file option not carried over")
         self.track_files[name] = tf
@@ -660,6 +669,9 @@ class _Converter:
     def vs_keyword(self, vs: _VS, c: Node) -> None:
         n, a = c.name, c.args
         arg = a[0] if a else ""
+        vs.kw[n] = c
+        if n in ("sh-port", "sh-fallback", "mh-port", "mh-fallback", "flag-1", "flag-2"):
+            vs.kw["flags"] = c
         if self.timing(c, vs.timing):
             return
         if n in ("lb_algo", "lvs_sched"):
@@ -1095,11 +1107,11 @@ class _Converter:
                 if vs.flags & SCHED2:
                     flags.append(f"{vs.sched}-port")
             else:
-                self.note(node, f"scheduler flag bits set for the {vs.sched or 'wlc'} scheduler, which "
-                                "ignores them; ipvsync only sets sh-*/mh-* flags — not carried over",
-                          "flag-1/flag-2")
+                why = (f"scheduler flag bits set for the {vs.sched or 'wlc'} scheduler, which ignores them; "
+                       "ipvsync only sets sh-*/mh-* flags — not carried over")
+                self.note(vs.at("flags"), why, "flag-1/flag-2")
         if vs.flags & SCHED3:
-            self.note(node, "flag-3 has no ipvsync equivalent; not carried over", "flag-3")
+            self.note(vs.at("flag-3"), "flag-3 has no ipvsync equivalent; not carried over", "flag-3")
         if flags:
             svc["scheduler_flags"] = flags
         fwd = vs.fwd.method or "nat"
@@ -1111,13 +1123,14 @@ class _Converter:
             if key.fwmark or key.protocol == PROTOCOLS["udp"]:
                 svc["one_packet"] = True
             else:
-                self.note(node, "one packet scheduling requires UDP; keepalived resets it", "ops")
+                self.note(vs.at("ops"), "one packet scheduling requires UDP; keepalived resets it", "ops")
         if vs.persistence:
             pers: dict[str, Any] = {"timeout": f"{vs.persistence}s"}
             if vs.granularity is not None:
                 nm = _netmask(vs.granularity, family)
                 if nm is None:
-                    self.note(node, f"persistence_granularity {vs.granularity!r} is not a valid netmask for "
+                    self.note(vs.at("persistence_granularity"), f"persistence_granularity {vs.granularity!r} "
+                                    "is not a valid netmask for "
                                     "this family; not carried over", "persistence_granularity")
                 elif nm != (128 if family == AF_INET6 else 32):
                     pers["netmask"] = vs.granularity if family == AF_INET else f"/{nm}"
@@ -1125,7 +1138,8 @@ class _Converter:
                 if key.protocol == PROTOCOLS["udp"]:
                     pers["engine"] = vs.engine
                 else:
-                    self.note(node, "the sip persistence engine needs a UDP service; not carried over",
+                    self.note(vs.at("persistence_engine"), "the sip persistence engine needs a UDP service; "
+                                                           "not carried over",
                               "persistence_engine")
             svc["persistence"] = pers
         if vs.weight != 1:
