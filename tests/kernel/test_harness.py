@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from uml.netns import VIP4, VIP6, Netns, Topology, run
+from uml.netns import VIP4, VIP6, IpvsyncCmd, Netns, Topology, run
 
 pytestmark = pytest.mark.kernel
 
@@ -77,3 +77,13 @@ def test_processes_are_killed_with_the_netns(make_netns: Callable[[], Netns]) ->
     assert len(run(["ip", "netns", "pids", ns.name]).stdout.split()) == 2
     ns.delete()
     assert ns.name not in run(["ip", "netns", "list"]).stdout
+
+
+def test_ipvsync_cmd_runs_the_checkout_in_the_netns(netns: Netns, ipvsync_cmd: IpvsyncCmd) -> None:
+    import ipvsync
+
+    proc = ipvsync_cmd(netns, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert ipvsync.__version__ in proc.stdout + proc.stderr
+    assert ipvsync_cmd.state_dir(netns).is_dir() and ipvsync_cmd.runtime_dir(netns).is_dir()
+    assert ipvsync_cmd.argv(netns, "plan")[-1] == "plan"

@@ -226,7 +226,7 @@ class UmlRunner:
             f"--rootdir={self.rootdir}",
         ]
         if self.inifile is not None:
-            argv.append(f"--config-file={self.inifile}")
+            argv += ["-c", str(self.inifile)]
         if self.tb:
             argv.append(f"--tb={self.tb}")
         argv += shard.nodeids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 from .host import REPO_ROOT, UML_DIR
 
 WHOAMI = UML_DIR / "whoami.py"
+NETNS_DIR = Path("/run/netns")
+PY_FAST = [sys.executable, "-I", "-S"]  # stdlib-only helpers: skip site (python starts slowly in UML)
+MNT_DETACH = 2
 RUN_DIR = Path("/run/ipvsync")
 MODDIR_FILE = RUN_DIR / "moddir"
 UML_MODULES = Path("/usr/lib/uml/modules")
@@ -30,6 +34,7 @@ VIP6 = "2001:db8:f::1"
 Cmd = str | Sequence[str | os.PathLike[str]]
 
 _counter = itertools.count()
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def in_uml() -> bool:
@@ -123,14 +128,36 @@ class Netns:
                 proc.kill()
                 proc.wait()
         for _ in range(50):
-            pids = run(["ip", "netns", "pids", self.name], check=False).stdout.split()
+            pids = self.pids()
             if not pids:
                 break
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.1)
-        run(["ip", "netns", "del", self.name], check=False)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        path = NETNS_DIR / self.name
+        if _libc.umount2(str(path).encode(), MNT_DETACH) == 0 or not path.exists():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        else:
+            run(["ip", "netns", "del", self.name], check=False)
+
+    def pids(self) -> list[int]:
+        """Processes whose network namespace is this one (like `ip netns pids`, without a fork)."""
+        try:
+            ref = os.stat(NETNS_DIR / self.name)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    st = os.stat(f"/proc/{entry}/ns/net")
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino):
+                    found.append(int(entry))
+        return found
 
 
 @dataclass
@@ -153,7 +180,7 @@ class Host:
     def serve_whoami(self, port: int = 80, udp: bool = False, tcp: bool = True,
                      name: str | None = None, peer: bool = False) -> subprocess.Popen[str]:
         """Start the who-am-I server (answers `name`, default the netns name) on [::]:port."""
-        argv = [sys.executable, str(WHOAMI), "serve", "--name", name or self.name, "--port", str(port)]
+        argv = [*PY_FAST, str(WHOAMI), "serve", "--name", name or self.name, "--port", str(port)]
         argv += (["--udp"] if udp else []) + (["--no-tcp"] if not tcp else []) + (["--peer"] if peer else [])
         proc = self.ns.popen(argv)
         assert proc.stdout is not None
@@ -167,7 +194,7 @@ class Host:
     def ask(self, addr: str, port: int = 80, count: int = 1, udp: bool = False, timeout: float = 3.0,
             source: str | None = None) -> list[str]:
         """`count` fresh connections (or datagrams) to addr:port; one answer a line, '!Error' on failure."""
-        argv = [sys.executable, str(WHOAMI), "ask", "--count", str(count), "--timeout", str(timeout)]
+        argv = [*PY_FAST, str(WHOAMI), "ask", "--count", str(count), "--timeout", str(timeout)]
         argv += (["--udp"] if udp else []) + (["--source", source] if source else []) + [addr, str(port)]
         out = self.ns.run(argv, check=False, timeout=count * timeout + DEFAULT_TIMEOUT).stdout
         return out.splitlines()
@@ -213,19 +240,15 @@ def build_topology(director: Netns, n_servers: int = 2, n_clients: int = 1) -> T
     batch = [f"netns add {h.name}" for h in hosts]
     batch += [f"link add {h.dev} netns {director.name} type veth peer name eth0 netns {h.name}"
               for h in hosts]
-    nodad = "net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0"
     try:
         run(["ip", "-b", "-"], input="\n".join(batch[: len(hosts)]) + "\n")
-        for h in hosts:
-            run(["ip", "netns", "exec", h.name, "sh", "-c", f"sysctl -qw {nodad} && ip link set lo up"])
-        director.run(["sysctl", "-qw", *nodad.split(), "net.ipv4.ip_forward=1",
-                      "net.ipv6.conf.all.forwarding=1"])
+        director.sysctl(**{"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1})
         run(["ip", "-b", "-"], input="\n".join(batch[len(hosts):]) + "\n")
         dir_batch = []
         for h in hosts:
             dir_batch += [f"addr add {h.gw4}/28 dev {h.dev}", f"addr add {h.gw6}/64 dev {h.dev} nodad",
                           f"link set {h.dev} up"]
-            peer = [f"addr add {h.ip4}/28 dev eth0", f"addr add {h.ip6}/64 dev eth0 nodad",
+            peer = ["link set lo up", f"addr add {h.ip4}/28 dev eth0", f"addr add {h.ip6}/64 dev eth0 nodad",
                     "link set eth0 up", f"route add default via {h.gw4}", f"route add ::/0 via {h.gw6}"]
             run(["ip", "-n", h.name, "-b", "-"], input="\n".join(peer) + "\n")
         if dir_batch:
