@@ -94,7 +94,8 @@ class HealthMonitor:
     """Runs the checks of a Config and exposes verdicts per (service name, DestKey)."""
 
     def __init__(self, on_change: Callable[[], None], max_concurrency: int = 256,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | type[random.Random] | None = None, *,
                  prober: Callable[[ProbeSpec], Awaitable[ProbeResult]] = run_probe,
                  on_probe: Callable[[ProbeSpec, ProbeResult], None] | None = None,
                  wall: Callable[[], float] = time.time, flap_window: float = FLAP_WINDOW,
@@ -102,7 +103,9 @@ class HealthMonitor:
         self.on_change = on_change
         self.max_concurrency = max(1, max_concurrency)
         self.clock = clock
-        self.rng = rng if rng is not None else random.Random()
+        if rng is None or isinstance(rng, type):
+            rng = (rng or random.Random)()  # accept the class itself as well as an instance
+        self.rng = rng
         self.prober = prober
         self.on_probe = on_probe
         self.wall = wall

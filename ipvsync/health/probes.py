@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipvsync.health import dnswire
-from ipvsync.model import AF_INET6, addr_family
+from ipvsync.model import AF_INET, AF_INET6
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 DEFAULT_INTERVAL = 5.0
@@ -72,11 +72,11 @@ class ProbeSpec:
 
     @property
     def family(self) -> int:
-        return addr_family(self.address)
+        return AF_INET6 if ":" in self.address else AF_INET  # addresses are canonical (config layer)
 
     @property
     def sockaddr(self) -> tuple[Any, ...]:
-        return (self.address, self.port, 0, 0) if self.family == AF_INET6 else (self.address, self.port)
+        return (self.address, self.port, 0, 0) if ":" in self.address else (self.address, self.port)
 
     @property
     def digest(self) -> str:
