@@ -29,7 +29,6 @@ from ipvsync.model import (
     SVC_F_SCHED1,
     SVC_F_SCHED2,
     TUN_F_CSUM,
-    TUN_F_NOCSUM,
     TUN_F_REMCSUM,
     TUN_TYPE_NAMES,
     DestAttrs,
@@ -63,8 +62,8 @@ def _dest_line(sid: str, rs: RealServer, weight: int) -> str:
         if TUN_TYPE_NAMES[a.tun_type] == "gue":
             line += f" --tun-port {a.tun_port}"
         if TUN_TYPE_NAMES[a.tun_type] != "ipip":
-            line += {TUN_F_NOCSUM: " --tun-nocsum", TUN_F_CSUM: " --tun-csum",
-                     TUN_F_REMCSUM: " --tun-remcsum", 0: ""}[a.tun_flags]
+            # like ipvsadm: gue/gre always show a checksum mode, "nocsum" unless csum/remcsum is set
+            line += {TUN_F_CSUM: " --tun-csum", TUN_F_REMCSUM: " --tun-remcsum"}.get(a.tun_flags, " --tun-nocsum")
     if a.u_threshold:
         line += f" -x {a.u_threshold}"
     if a.l_threshold:
