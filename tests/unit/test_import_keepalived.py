@@ -63,7 +63,8 @@ def _dest_line(sid: str, rs: RealServer, weight: int) -> str:
             line += f" --tun-port {a.tun_port}"
         if TUN_TYPE_NAMES[a.tun_type] != "ipip":
             # like ipvsadm: gue/gre always show a checksum mode, "nocsum" unless csum/remcsum is set
-            line += {TUN_F_CSUM: " --tun-csum", TUN_F_REMCSUM: " --tun-remcsum"}.get(a.tun_flags, " --tun-nocsum")
+            modes = {TUN_F_CSUM: " --tun-csum", TUN_F_REMCSUM: " --tun-remcsum"}
+            line += modes.get(a.tun_flags, " --tun-nocsum")
     if a.u_threshold:
         line += f" -x {a.u_threshold}"
     if a.l_threshold:
