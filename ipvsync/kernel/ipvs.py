@@ -23,7 +23,6 @@ RECV_BUFFER = 256 << 10  # also caps the kernel's dump skb size (it follows our 
 SEND_BATCH_BYTES = 64 << 10
 MAX_BATCH = 1024  # requests per send
 ACK_TRUESIZE = 2048  # generous kernel memory charge per queued ack, to size batches to SO_RCVBUF
-DUMP_PIPELINE = 32  # dest-dump requests per send (a busy dump answers EBUSY and is retried)
 DUMP_RETRIES = 5
 
 
@@ -128,48 +127,43 @@ class IpvsSocket:
                 if msg.type >= 0x10:
                     result.append(decode(msg.payload))
 
-    def _dump_many(self, payloads: Sequence[bytes], decode: Callable[[memoryview], T]) -> list[list[T]]:
-        """Run dump requests, several per send; EBUSY (a dump still running) and DUMP_INTR retry."""
-        results: list[list[T]] = [[] for _ in payloads]
-        pending = list(range(len(payloads)))
-        tries = [0] * len(payloads)
-        while pending:
-            batch, pending = pending[:DUMP_PIPELINE], pending[DUMP_PIPELINE:]
-            by_seq: dict[int, int] = {}
-            out = bytearray()
-            for i in batch:
-                seq = self._next_seq()
-                by_seq[seq] = i
-                out += c.frame(self.family_id, c.NLM_F_REQUEST | c.NLM_F_DUMP, seq, payloads[i])
-            self._sock.send(out)
-            retry: list[int] = []
-            interrupted: set[int] = set()
-            while by_seq:
+    def _dump(self, payload: bytes, decode: Callable[[memoryview], T]) -> list[T]:
+        """One dump request, all its parts decoded; restarted if the kernel flags it interrupted.
+
+        A socket runs one dump at a time (a second request while one runs gets EBUSY), and the
+        kernel finishes a non-empty dump only on our next recv, so dumps are not pipelined.
+        """
+        for _ in range(DUMP_RETRIES):
+            seq = self._next_seq()
+            self._sock.send(c.frame(self.family_id, c.NLM_F_REQUEST | c.NLM_F_DUMP, seq, payload))
+            results: list[T] = []
+            interrupted = False
+            done = False
+            failure: c.CodecError | None = None  # keep reading to DONE so the socket stays usable
+            while not done:
                 for msg in c.iter_messages(self._recv()):
-                    i = by_seq.get(msg.seq)
-                    if i is None:
+                    if msg.seq != seq:
                         continue
-                    if msg.type in (c.NLMSG_DONE, c.NLMSG_ERROR):
+                    if msg.type == c.NLMSG_DONE or msg.type == c.NLMSG_ERROR:
                         err = (
                             c.decode_done(msg.payload)
                             if msg.type == c.NLMSG_DONE
                             else c.decode_error(msg.payload, msg.flags).errno
                         )
-                        del by_seq[msg.seq]
-                        if err == errno_mod.EBUSY or (not err and i in interrupted):
-                            tries[i] += 1
-                            if tries[i] > DUMP_RETRIES:
-                                raise IpvsError(err or errno_mod.EINTR, "IPVS dump kept being interrupted")
-                            results[i] = []
-                            retry.append(i)
-                        elif err:
+                        if err:
                             raise IpvsError(err, "IPVS dump failed")
-                    elif msg.type >= 0x10:
-                        if msg.flags & c.NLM_F_DUMP_INTR:
-                            interrupted.add(i)
-                        results[i].append(decode(msg.payload))
-            pending = retry + pending
-        return results
+                        done = True
+                    elif msg.type >= 0x10 and failure is None:
+                        interrupted = interrupted or bool(msg.flags & c.NLM_F_DUMP_INTR)
+                        try:
+                            results.append(decode(msg.payload))
+                        except c.CodecError as e:
+                            failure = e
+            if failure is not None:
+                raise failure
+            if not interrupted:
+                return results
+        raise IpvsError(errno_mod.EINTR, "IPVS dump kept being interrupted")
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -183,23 +177,23 @@ class IpvsSocket:
 
     def services(self) -> list[ObservedService]:
         """All virtual services (without their real servers)."""
-        return self._dump_many([c.get_services()], c.decode_service)[0]
+        return self._dump(c.get_services(), c.decode_service)
 
     def dests(self, key: ServiceKey) -> dict[DestKey, ObservedDest]:
         """Real servers of one service (empty if the service does not exist)."""
-        return {d.key: d for d in self._dump_many([c.get_dests(key)], c.decode_dest)[0]}
+        return {d.key: d for d in self._dump(c.get_dests(key), c.decode_dest)}
 
     def dump(self) -> dict[ServiceKey, ObservedService]:
         """Every service with its real servers."""
         services = self.services()
-        dests = self._dump_many([c.get_dests(s.key) for s in services], c.decode_dest)
+        dests = [self._dump(c.get_dests(s.key), c.decode_dest) for s in services]
         return {
             s.key: ObservedService(s.key, s.attrs, {d.key: d for d in ds}, s.stats)
             for s, ds in zip(services, dests, strict=True)
         }
 
     def daemons(self) -> list[SyncDaemon]:
-        return self._dump_many([c.get_daemons()], c.decode_daemon)[0]
+        return self._dump(c.get_daemons(), c.decode_daemon)
 
     def config(self) -> tuple[int, int, int]:
         """(tcp, tcpfin, udp) timeouts in seconds."""
@@ -216,7 +210,10 @@ class IpvsSocket:
 
         The kernel processes every message of a send even after one fails, so each request's
         own ack says whether it took effect. With stop_on_error no batch is sent after a batch
-        that had an error.
+        that had an error. Each batch ends with an NLMSG_NOOP barrier whose ack proves all
+        earlier messages were processed: a request the kernel answered with no ack at all (a
+        handler returning -EINTR, e.g. DEL_DAEMON racing its thread's start) gets EINTR, which
+        means "outcome unknown, re-read the state".
         """
         acks: list[c.Ack | None] = [None] * len(payloads)
         start = 0
@@ -233,17 +230,26 @@ class IpvsSocket:
                 by_seq[seq] = i
                 out += msg
                 i += 1
+            barrier = self._next_seq()
+            out += c.frame(c.NLMSG_NOOP, flags, barrier, b"")
             self._sock.send(out)
             failed = False
-            while by_seq:
+            waiting = True
+            while waiting:
                 for msg in c.iter_messages(self._recv()):
                     if msg.type != c.NLMSG_ERROR:
+                        continue
+                    if msg.seq == barrier:
+                        waiting = False
                         continue
                     ack = c.decode_error(msg.payload, msg.flags)
                     j = by_seq.pop(msg.seq, None)
                     if j is not None:
                         acks[j] = ack
                         failed = failed or ack.errno != 0
+            for seq, j in by_seq.items():
+                acks[j] = c.Ack(errno_mod.EINTR, "no ack from the kernel: outcome unknown", None, seq)
+                failed = True
             start = i
             if failed and stop_on_error:
                 break

@@ -15,6 +15,7 @@ Rules of residence:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import NamedTuple
 from ipvsync.model import (
     AF_INET,
     AF_INET6,
+    FWD_TUNNEL,
     DestAttrs,
     DestKey,
     DestStats,
@@ -429,15 +431,31 @@ def parse_attrs(buf: memoryview | bytes) -> dict[int, memoryview]:
     view = memoryview(buf)
     end = len(view)
     out: dict[int, memoryview] = {}
+    unpack = _NLA.unpack_from
     off = 0
     while off < end:
-        if end - off < _NLA.size:
+        if end - off < 4:
             raise CodecError(f"truncated attribute header: {end - off} bytes at offset {off}")
-        length, kind = _NLA.unpack_from(view, off)
-        if length < _NLA.size or off + length > end:
+        length, kind = unpack(view, off)
+        stop = off + length
+        if length < 4 or stop > end:
             raise CodecError(f"truncated attribute {kind & NLA_TYPE_MASK}: length {length}, {end - off} left")
-        out[kind & NLA_TYPE_MASK] = view[off + _NLA.size : off + length]
-        off += (length + 3) & ~3
+        out[kind & NLA_TYPE_MASK] = view[off + 4 : stop]
+        off = (stop + 3) & ~3
+    return out
+
+
+def _ints(attrs: dict[int, memoryview], spec: tuple[tuple[int, struct.Struct, int], ...]) -> list[int]:
+    """Integer attributes per (kind, format, default-if-absent); the hot path of dump decoding."""
+    out = []
+    for kind, fmt, default in spec:
+        data = attrs.get(kind)
+        if data is None:
+            out.append(default)
+        elif len(data) < fmt.size:
+            raise CodecError(f"attribute {kind}: {len(data)} bytes, need {fmt.size}")
+        else:
+            out.append(fmt.unpack_from(data)[0])
     return out
 
 
@@ -458,7 +476,12 @@ def _addr_text(data: memoryview, family: int, what: str) -> str:
         raise CodecError(f"{what}: unsupported address family {family}")
     if len(data) < size:
         raise CodecError(f"{what}: {len(data)} bytes, need {size}")
-    return str(ipaddress.ip_address(bytes(data[:size])))
+    return _addr_str(bytes(data[:size]))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _addr_str(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
 
 
 def _need(attrs: dict[int, memoryview], kind: int, what: str) -> memoryview:
@@ -508,20 +531,37 @@ def decode_family_id(payload: memoryview | bytes) -> int:
     return _unpack(_U16, _need(attrs, CTRL_ATTR_FAMILY_ID, "CTRL_ATTR_FAMILY_ID"), "family id")
 
 
+_STATS64 = tuple((k, _U64, 0) for k in range(IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_OUTBPS + 1))
+_STATS32 = tuple(
+    (k, _U64 if k in (IPVS_STATS_ATTR_INBYTES, IPVS_STATS_ATTR_OUTBYTES) else _U32, 0)
+    for k in range(IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_OUTBPS + 1)
+)
+_STATS64_PACKED = struct.Struct("=" + "HHQ" * len(_STATS64))
+_STATS64_LENS = (12,) * len(_STATS64)
+_STATS64_KINDS = tuple(k for k, _, _ in _STATS64)
+_DEST_FIELDS = (  # DestAttrs order, then the connection counters
+    (IPVS_DEST_ATTR_FWD_METHOD, _U32, 0),
+    (IPVS_DEST_ATTR_WEIGHT, _U32, 1),
+    (IPVS_DEST_ATTR_U_THRESH, _U32, 0),
+    (IPVS_DEST_ATTR_L_THRESH, _U32, 0),
+    (IPVS_DEST_ATTR_TUN_TYPE, _U8, 0),
+    (IPVS_DEST_ATTR_TUN_PORT, _BE16, 0),
+    (IPVS_DEST_ATTR_TUN_FLAGS, _U16, 0),
+    (IPVS_DEST_ATTR_ACTIVE_CONNS, _U32, 0),
+    (IPVS_DEST_ATTR_INACT_CONNS, _U32, 0),
+    (IPVS_DEST_ATTR_PERSIST_CONNS, _U32, 0),
+)
+
+
 def _stats(attrs: dict[int, memoryview], k32: int, k64: int, conns: tuple[int, int, int]) -> DestStats:
     nested, fmt = (attrs.get(k64), _U64) if k64 in attrs else (attrs.get(k32), None)
     if nested is None:
         return DestStats(*conns)
-    st = parse_attrs(nested)
-    values = []
-    for kind in range(IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_OUTBPS + 1):
-        data = st.get(kind)
-        if data is None:
-            values.append(0)
-            continue
-        size = fmt or (_U64 if kind in (IPVS_STATS_ATTR_INBYTES, IPVS_STATS_ATTR_OUTBYTES) else _U32)
-        values.append(_unpack(size, data, f"stats attribute {kind}"))
-    return DestStats(*conns, *values)
+    if fmt and len(nested) == _STATS64_PACKED.size:  # fast path: the kernel's layout without PAD attrs
+        raw = _STATS64_PACKED.unpack_from(nested)
+        if raw[0::3] == _STATS64_LENS and raw[1::3] == _STATS64_KINDS:
+            return DestStats(*conns, *raw[2::3])
+    return DestStats(*conns, *_ints(parse_attrs(nested), _STATS64 if fmt else _STATS32))
 
 
 def decode_service(payload: memoryview | bytes) -> ObservedService:
@@ -577,24 +617,11 @@ def decode_dest(payload: memoryview | bytes, family: int = 0) -> ObservedDest:
         _unpack(_BE16, _need(a, IPVS_DEST_ATTR_PORT, "IPVS_DEST_ATTR_PORT"), "dest port"),
     )
 
-    def get(kind: int, fmt: struct.Struct, default: int = 0) -> int:
-        return _unpack(fmt, a[kind], f"dest attribute {kind}") if kind in a else default
-
-    attrs = DestAttrs(
-        forward=get(IPVS_DEST_ATTR_FWD_METHOD, _U32) & IP_VS_CONN_F_FWD_MASK,
-        weight=get(IPVS_DEST_ATTR_WEIGHT, _U32, 1),
-        u_threshold=get(IPVS_DEST_ATTR_U_THRESH, _U32),
-        l_threshold=get(IPVS_DEST_ATTR_L_THRESH, _U32),
-        tun_type=get(IPVS_DEST_ATTR_TUN_TYPE, _U8),
-        tun_port=get(IPVS_DEST_ATTR_TUN_PORT, _BE16),
-        tun_flags=get(IPVS_DEST_ATTR_TUN_FLAGS, _U16),
-    ).normalised()
-    conns = (
-        get(IPVS_DEST_ATTR_ACTIVE_CONNS, _U32),
-        get(IPVS_DEST_ATTR_INACT_CONNS, _U32),
-        get(IPVS_DEST_ATTR_PERSIST_CONNS, _U32),
-    )
-    stats = _stats(a, IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64, conns)
+    v = _ints(a, _DEST_FIELDS)
+    attrs = DestAttrs(v[0] & IP_VS_CONN_F_FWD_MASK, *v[1:7])
+    if attrs.forward != FWD_TUNNEL and (v[4] or v[5] or v[6]):
+        attrs = attrs.normalised()
+    stats = _stats(a, IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64, (v[7], v[8], v[9]))
     return ObservedDest(key, family, attrs, stats)
 
 

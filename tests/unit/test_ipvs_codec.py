@@ -254,6 +254,16 @@ def test_kernel_service_reply_stats32_fallback() -> None:
     assert (got.stats.conns, got.stats.inbytes, got.stats.outbytes, got.stats.outbps) == (11, 44, 55, 110)
 
 
+def test_stats64_with_pad_attributes() -> None:
+    """Arches without efficient unaligned access interleave IPVS_STATS_ATTR_PAD (11) attributes."""
+    st64 = nla(11, b"") + b"".join(nla(k, struct.pack("=Q", 7 * k)) + nla(11, b"") for k in range(1, 11))
+    svc = nla(c.IPVS_SVC_ATTR_AF, struct.pack("=H", AF_INET))
+    svc += nla(c.IPVS_SVC_ATTR_FWMARK, struct.pack("=I", 3)) + nla(c.IPVS_SVC_ATTR_STATS64, st64)
+    got = c.decode_service(genlhdr(c.IPVS_CMD_NEW_SERVICE) + nla(c.IPVS_CMD_ATTR_SERVICE, svc))
+    assert got.key == ServiceKey(AF_INET, fwmark=3)
+    assert got.stats == DestStats(0, 0, 0, *(7 * k for k in range(1, 11)))
+
+
 def test_kernel_dest_reply_with_conns() -> None:
     dest = b"".join(
         [
