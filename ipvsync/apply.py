@@ -171,8 +171,8 @@ class Applier:
                     if res == 0:
                         done.append(op)
                         owned = owned.after(op)
-                    elif res is None:
-                        replan = True
+                    elif res is None or res == E.EINTR:
+                        replan = True  # not attempted, or no ack (outcome unknown): re-read and re-plan
                     else:
                         kind = _benign(op, res)
                         if kind == "adopt":

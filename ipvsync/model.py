@@ -47,9 +47,9 @@ FORWARD_NAMES = {v: k for k, v in FORWARD_METHODS.items()}
 # tunnel types and flags
 TUN_TYPES = {"ipip": 0, "gue": 1, "gre": 2}
 TUN_TYPE_NAMES = {v: k for k, v in TUN_TYPES.items()}
-TUN_F_NOCSUM = 0x1
-TUN_F_CSUM = 0x2
-TUN_F_REMCSUM = 0x4
+TUN_F_NOCSUM = 0  # IP_VS_TUNNEL_ENCAP_FLAG_NOCSUM
+TUN_F_CSUM = 1
+TUN_F_REMCSUM = 2
 
 
 def norm_addr(text: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ipvsync.model import AF_INET6, Vip
@@ -18,10 +20,20 @@ IFA_F_NOPREFIXROUTE = 0x200
 
 
 class LinkWriter:
-    """Lazy IPRoute wrapper: pyroute2 is imported on the first write only."""
+    """Lazy IPRoute wrapper: pyroute2 is imported on the first write only.
+
+    Every call runs on one private worker thread: pyroute2 >= 0.9 drives its own asyncio loop and
+    cannot be called from a thread whose loop is already running (the daemon's).
+    """
 
     def __init__(self) -> None:
         self._ipr: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="ipvsync-iproute")
+        return self._pool.submit(fn, *args, **kwargs).result(timeout=60)
 
     @property
     def ipr(self) -> Any:
@@ -33,27 +45,45 @@ class LinkWriter:
 
     def close(self) -> None:
         if self._ipr is not None:
-            self._ipr.close()
+            self._call(self._ipr.close)
             self._ipr = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
-    def index(self, name: str) -> int:
+    def index(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._index, *args, **kwargs)
+
+    def _index(self, name: str) -> int:
         found = self.ipr.link_lookup(ifname=name)
         if not found:
             raise OSError(19, f"no interface named {name}")
         return int(found[0])
 
-    def create_dummy(self, name: str) -> None:
+    def create_dummy(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._create_dummy, *args, **kwargs)
+
+    def _create_dummy(self, name: str) -> None:
         self.ipr.link("add", ifname=name, kind="dummy")
-        self.ipr.link("set", index=self.index(name), state="up")
+        self.ipr.link("set", index=self._index(name), state="up")
 
-    def delete_link(self, name: str) -> None:
-        self.ipr.link("del", index=self.index(name))
+    def delete_link(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._delete_link, *args, **kwargs)
 
-    def set_up(self, name: str, up: bool = True) -> None:
-        self.ipr.link("set", index=self.index(name), state="up" if up else "down")
+    def _delete_link(self, name: str) -> None:
+        self.ipr.link("del", index=self._index(name))
 
-    def bind(self, vip: Vip, announce: bool = False) -> None:
-        index = self.index(vip.interface)
+    def set_up(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._set_up, *args, **kwargs)
+
+    def _set_up(self, name: str, up: bool = True) -> None:
+        self.ipr.link("set", index=self._index(name), state="up" if up else "down")
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._bind, *args, **kwargs)
+
+    def _bind(self, vip: Vip, announce: bool = False) -> None:
+        index = self._index(vip.interface)
         flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.family == AF_INET6 else 0)
         self.ipr.addr("add", index=index, address=vip.address, prefixlen=vip.prefixlen, IFA_FLAGS=flags)
         if announce:
@@ -62,8 +92,11 @@ class LinkWriter:
             except OSError:
                 pass  # best effort: the neighbours learn it on their next ARP/ND anyway
 
-    def unbind(self, vip: Vip) -> None:
-        self.ipr.addr("del", index=self.index(vip.interface), address=vip.address, prefixlen=vip.prefixlen)
+    def unbind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self._unbind, *args, **kwargs)
+
+    def _unbind(self, vip: Vip) -> None:
+        self.ipr.addr("del", index=self._index(vip.interface), address=vip.address, prefixlen=vip.prefixlen)
 
 
 def _mac(ifname: str) -> bytes:

@@ -1,0 +1,720 @@
+"""`ipvsync run`: the only place that knows about time, signals, files and health events.
+
+Rules of residence: triggers in, converges out. Every trigger (file change, reload request,
+SIGHUP, rtnetlink event, reconcile timer, health verdict, drain progress) ends in `converge()`,
+which observes the kernel, computes desired = config + health + drains, plans and applies. The
+pure layers (config, plan, health.effective, drain) hold the logic; this file holds the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ipvsync.apply import Applier, ApplyResult, FaultSeam
+from ipvsync.config.build import load_config
+from ipvsync.config.load import ConfigInvalid, Document
+from ipvsync.config.spec import Config
+from ipvsync.desired import Desired, from_config
+from ipvsync.drain import apply_drains
+from ipvsync.model import DestKey, ServiceKey
+from ipvsync.plan import (
+    AddDest,
+    AddService,
+    BindVip,
+    DelDest,
+    DelService,
+    EditDest,
+    EditService,
+    Observed,
+    Op,
+    Owned,
+    UnbindVip,
+    plan,
+)
+from ipvsync.state import State, StateStore
+from ipvsync.systemd import Notifier
+
+log = logging.getLogger("ipvsync.daemon")
+
+POLL_INTERVAL = 30.0
+SETTLE = 0.05  # seconds to fold an editor's burst of events into one reload
+MAX_BACKOFF = 60.0
+DRAIN_POLL = 1.0
+DATA_PATH_SYSCTLS = ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template",
+                     "net.ipv4.vs.conntrack", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+
+
+@dataclass
+class ReloadOutcome:
+    code: int  # 0 applied, 1 rejected, 5 rolled back, 6 rollback failed
+    message: str
+    errors: list[str]
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        result = {0: "applied", 1: "rejected", 5: "rolled back", 6: "rollback failed"}.get(self.code, "error")
+        return {"code": self.code, "result": result, "message": self.message, "errors": self.errors,
+                "time": self.at}
+
+
+def rs_id_key(name: str, dest: DestKey) -> str:
+    return f"{name}|{dest}"
+
+
+def _op_fields(op: Op, names: dict[ServiceKey, str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {"OPERATION": op.kind}
+    skey = getattr(op, "service", None) or (op.key if isinstance(op, (AddService, EditService, DelService))
+                                             else None)
+    if isinstance(skey, ServiceKey):
+        if skey in names:
+            fields["SERVICE"] = names[skey]
+        if skey.address:
+            fields["VIP"] = skey.address
+    if isinstance(op, (AddDest, EditDest, DelDest)):
+        fields["REAL_SERVER"] = str(op.key)
+    if isinstance(op, (BindVip, UnbindVip)):
+        fields["VIP"] = op.vip.address
+    if op.origin.file:
+        fields["CONFIG_FILE"] = op.origin.file
+        fields["CONFIG_LINE"] = op.origin.line
+    return fields
+
+
+class Daemon:
+    """State of the running daemon; `main()` wires it to the event loop."""
+
+    def __init__(self, config_path: str, state_dir: str, runtime_dir: str, remove_on_exit: bool = False) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.runtime_dir = runtime_dir
+        self.store = StateStore(state_dir)
+        self.remove_on_exit = remove_on_exit
+        self.notifier = Notifier()
+        self.config: Config | None = None
+        self.state = State()
+        self.kernel: Any = None
+        self.applier: Applier | None = None
+        self.health: Any = None
+        self.quorum: Any = None
+        self.cache: dict[str, tuple[str, Document]] = {}
+        self.raw_digest = ""
+        self.last_reload: ReloadOutcome | None = None
+        self.last_apply: ApplyResult | None = None
+        self.converge_lock = asyncio.Lock()
+        self.reload_lock = asyncio.Lock()
+        self.wakeup = asyncio.Event()
+        self.pending: set[str] = set()
+        self.stopping = False
+        self.failures = 0
+        self.next_allowed = 0.0
+        self.drain_timeouts: dict[ServiceKey, float] = {}
+        self.observer: Any = None
+        self.rtnl_events: Any = None
+        self.metrics: Any = None
+        self.counters = {"reloads_applied": 0, "reloads_rejected": 0, "reloads_rolled_back": 0,
+                         "drift_repairs": 0, "applies": 0}
+        self.ext_state = "MASTER"
+
+    # ---------------------------------------------------------------------------------------- config
+
+    def _source_files(self) -> list[str]:
+        files = [self.config_path]
+        base = os.path.dirname(self.config_path)
+        patterns: list[str] = []
+        if self.config is not None:
+            patterns = list(self._include_patterns)
+        for pat in patterns:
+            files += sorted(glob.glob(os.path.join(base, pat)))
+        return files
+
+    _include_patterns: tuple[str, ...] = ()
+
+    def compute_raw_digest(self) -> str:
+        h = hashlib.sha256()
+        for f in self._source_files():
+            try:
+                with open(f, "rb") as fh:
+                    h.update(f.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+            except OSError as exc:
+                h.update(f.encode() + b"\0" + str(exc.errno).encode())
+        return h.hexdigest()
+
+    def read_config(self) -> Config:
+        config = load_config(self.config_path, self.cache)
+        # remember include patterns for the raw digest (cheap change detection)
+        try:
+            import yaml
+
+            with open(self.config_path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+            self._include_patterns = tuple(data.get("include", []) or []) if isinstance(data, dict) else ()
+        except Exception:
+            self._include_patterns = ()
+        live = set(self._source_files())
+        for stale in [k for k in self.cache if k not in live]:
+            del self.cache[stale]
+        return config
+
+    # ---------------------------------------------------------------------------------------- kernel
+
+    def observe(self, config: Config) -> Observed:
+        return self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
+            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None)
+
+    def desired_for(self, config: Config, observed: Observed, now_mono: float) -> tuple[Desired, Desired]:
+        """(effective desired, declared desired) for a config against the observed kernel."""
+        declared = from_config(config)
+        desired = declared
+        if self.health is not None:
+            from ipvsync.health.effective import QuorumState, evaluate
+
+            op_drains = {(svc.name, rs.key) for svc in config.services for rs in svc.real_servers
+                         if rs_id_key(svc.name, rs.key) in self.state.operator_drains}
+            verdicts = self.health.verdicts()  # frozen by the monitor while paused (ha_suspend)
+            file_weights = self.health.file_weights()
+            desired, self.quorum = evaluate(declared, config, verdicts, op_drains, file_weights, now_mono,
+                                            self.quorum or QuorumState(), self.health.first_round_done)
+        desired, self.state.drains, events = apply_drains(
+            desired, declared, observed, self.state.owned, self.state.drains, time.time(),
+            self.drain_timeouts)
+        for ev in events:
+            log.info(ev)
+        return desired, declared
+
+    def _log_ops(self, result: ApplyResult, names: dict[ServiceKey, str], drift: bool) -> None:
+        for op in result.applied:
+            fields = _op_fields(op, names)
+            if drift:
+                self.counters["drift_repairs"] += 1
+                log.warning("drift repaired: %s", op.text(), extra=fields)
+            else:
+                log.info("%s", op.text(), extra=fields)
+        for text in result.adopted:
+            log.warning("adopted (made by another writer): %s", text)
+
+    def converge_with(self, config: Config, reason: str) -> ApplyResult:
+        """Observe, plan, apply for `config`; logs each change. Raises OSError on kernel errors."""
+        observed = self.observe(config)
+        desired, _declared = self.desired_for(config, observed, time.monotonic())
+        assert self.applier is not None
+        p = plan(desired, observed, self.state.owned, sync_daemons=config.sync_daemons,
+                 timeouts=config.ipvs_timeouts)
+        if not p:
+            self.last_apply = ApplyResult(p)
+            return self.last_apply
+        result = self.applier.converge(desired, observed, self.state, sync_daemons=config.sync_daemons,
+                                       timeouts=config.ipvs_timeouts, first_plan=p)
+        self.counters["applies"] += 1
+        self.last_apply = result
+        names = {**p.names}
+        drift = reason in ("reconcile", "kernel event")
+        self._log_ops(result, names, drift)
+        if not result.ok:
+            fields = _op_fields(result.failed, names) if result.failed else {}
+            fields["ERRNO"] = result.errno
+            level = logging.ERROR if result.rollback_failures else logging.WARNING
+            log.log(level, "%s", result.summary().replace("\n", "; "), extra=fields)
+        self._save_state()
+        return result
+
+    def _save_state(self) -> None:
+        if self.health is not None:
+            self.state.health = self.health.snapshot()
+        try:
+            self.store.save(self.state)
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", self.store.path, exc)
+
+    def deletion_guard(self, new: Config, observed: Observed) -> str | None:
+        """Refuse a reload that deletes every owned service (or more than max_delete)."""
+        owned_live = [k for k in self.state.owned.services if k in observed.services]
+        if not owned_live:
+            return None
+        keys = {s.key for s in new.services}
+        leaving = [k for k in owned_live if k not in keys]
+        if len(leaving) == len(owned_live) and not new.allow_empty:
+            return (f"refusing to remove all {len(owned_live)} services ipvsync manages (empty or truncated "
+                    f"config?); set 'allow_empty: true' in {new.file} to allow it")
+        md = new.max_delete
+        if md is not None and leaving:
+            limit = int(md) if isinstance(md, int) else len(owned_live) * int(str(md).rstrip("%")) // 100
+            if len(leaving) > limit:
+                return f"refusing to remove {len(leaving)} services: max_delete is {md}"
+        return None
+
+    # ---------------------------------------------------------------------------------------- reload
+
+    async def reload(self, why: str) -> ReloadOutcome:
+        """Load the config; apply it or keep the last good one. Synchronous for `ipvsync reload`."""
+        async with self.reload_lock:
+            self.notifier.reloading()
+            outcome = self._reload(why)
+            self.last_reload = outcome
+            key = {0: "reloads_applied", 1: "reloads_rejected"}.get(outcome.code, "reloads_rolled_back")
+            self.counters[key] += 1
+            self.notifier.ready(self.status_line())
+            return outcome
+
+    def _reload(self, why: str) -> ReloadOutcome:
+        now = time.time()
+        self.raw_digest = self.compute_raw_digest()
+        try:
+            new = self.read_config()
+        except ConfigInvalid as exc:
+            errors = [str(e) for e in exc.errors]
+            for e in exc.errors:
+                log.error("config rejected: %s", e, extra={"CONFIG_FILE": e.file, "CONFIG_LINE": e.line})
+            log.error("config rejected (%d errors); keeping the last good config", len(errors))
+            return ReloadOutcome(1, f"config rejected ({len(errors)} errors); kept the last good config", errors,
+                                 now)
+        except OSError as exc:
+            msg = f"cannot read {exc.filename or self.config_path}: {exc.strerror}"
+            log.error("config rejected: %s", msg, extra={"CONFIG_FILE": self.config_path})
+            return ReloadOutcome(1, msg, [msg], now)
+        old = self.config
+        if old is not None and new.digest == old.digest and why != "start":
+            return ReloadOutcome(0, "config unchanged", [], now)
+        observed = self.observe(new)
+        guard = self.deletion_guard(new, observed)
+        if guard:
+            log.error("config rejected: %s", guard, extra={"CONFIG_FILE": new.file})
+            return ReloadOutcome(1, guard, [f"{new.file}: {guard}"], now)
+        self._remember_drain_timeouts(old)
+        if self.health is not None:
+            serving = self._serving(new, observed)
+            self.health.update(new, serving, self.state.health if old is None else None)
+        result = self.converge_with(new, "reload")
+        if not result.ok:
+            if old is not None and self.health is not None:
+                self.health.update(old, self._serving(old, observed), None)
+            code = result.exit_code
+            log.error("reload rolled back: %s", result.error, extra={"CONFIG_FILE": new.file})
+            return ReloadOutcome(code, f"apply failed and was rolled back: {result.error}", [result.error], now)
+        self.config = new
+        self._apply_sysctls(new)
+        n = len(result.applied)
+        log.info("config %s (%s): %d kernel operation(s) in %.3f s", "loaded" if old is None else "reloaded", why,
+                 n, result.seconds, extra={"CONFIG_FILE": new.file, "RESULT": "applied"})
+        return ReloadOutcome(0, f"applied {n} operation(s) in {result.seconds:.3f} s", [], now)
+
+    def _remember_drain_timeouts(self, old: Config | None) -> None:
+        if old is not None:
+            for s in old.services:
+                self.drain_timeouts[s.key] = s.drain_timeout
+
+    def _serving(self, config: Config, observed: Observed) -> set[tuple[str, DestKey]]:
+        out: set[tuple[str, DestKey]] = set()
+        for svc in config.services:
+            have = observed.services.get(svc.key)
+            if have is None:
+                continue
+            for rs in svc.real_servers:
+                d = have.dests.get(rs.key)
+                if d is not None and d.attrs.weight > 0:
+                    out.add((svc.name, rs.key))
+        return out
+
+    def _apply_sysctls(self, config: Config) -> None:
+        from ipvsync.kernel.system import read_sysctl, write_sysctl
+
+        for name, value in config.sysctls.items():
+            cur = read_sysctl(name)
+            if cur is not None and cur != str(value):
+                try:
+                    write_sysctl(name, value)
+                    log.info("sysctl %s: %s -> %s", name, cur, value)
+                except OSError as exc:
+                    log.error("cannot set sysctl %s=%s: %s", name, value, exc.strerror)
+
+    def report_sysctls(self) -> None:
+        from ipvsync.kernel.system import read_sysctl
+
+        for name in DATA_PATH_SYSCTLS:
+            cur = read_sysctl(name)
+            if cur is None:
+                continue
+            if self.config and name in self.config.sysctls:
+                continue
+            if name == "net.ipv4.vs.expire_nodest_conn" and cur == "0":
+                log.info("sysctl %s=0: connections to a deleted real server hang until they time out; "
+                         "set it in 'sysctls:' to expire them", name)
+            if name == "net.ipv4.ip_forward" and cur == "0" and self.config and any(
+                    rs.attrs.forward == 0 for s in self.config.services for rs in s.real_servers):
+                log.warning("sysctl net.ipv4.ip_forward=0 but NAT services are configured: replies from the real "
+                            "servers will not be forwarded; set it in 'sysctls:'")
+
+    # ---------------------------------------------------------------------------------------- status
+
+    def status_line(self) -> str:
+        if self.config is None:
+            return "no config loaded"
+        n_rs = sum(len(s.real_servers) for s in self.config.services)
+        serving = n_rs
+        if self.health is not None:
+            v = self.health.verdicts()
+            serving = sum(1 for s in self.config.services for rs in s.real_servers
+                          if (s.name, rs.key) not in v or v[(s.name, rs.key)].is_up)
+        last = ""
+        if self.last_reload is not None:
+            last = f"; last reload {time.strftime('%H:%M:%S', time.localtime(self.last_reload.at))} " \
+                   f"{self.last_reload.to_json()['result']}"
+        fail = "; ROLLBACK FAILED, retrying" if self.state.failure else ""
+        return f"{len(self.config.services)} services, {serving}/{n_rs} real servers serving{last}{fail}"
+
+    # ---------------------------------------------------------------------------------------- loop
+
+    def kick(self, reason: str) -> None:
+        self.pending.add(reason)
+        self.wakeup.set()
+
+    async def tick(self) -> None:
+        """Handle pending triggers: reload on file change, converge on everything else."""
+        reasons = set(self.pending)
+        self.pending.clear()
+        if "file" in reasons or "poll" in reasons:
+            digest = self.compute_raw_digest()
+            if digest != self.raw_digest:
+                await self.reload("file changed")
+            reasons -= {"file", "poll"}
+        if not reasons or self.config is None:
+            return
+        now = time.monotonic()
+        if now < self.next_allowed and "health" not in reasons:
+            self.pending |= reasons  # back off after failures: never loop hot
+            return
+        async with self.converge_lock:
+            self._check_external_state()
+            reason = "reconcile" if "reconcile" in reasons else "kernel event" if "kernel" in reasons else \
+                sorted(reasons)[0]
+            try:
+                result = self.converge_with(self.config, reason)
+            except OSError as exc:
+                log.error("converge failed: %s", exc)
+                result = None
+            if result is None or not result.ok:
+                self.failures += 1
+                backoff = min(MAX_BACKOFF, 2 ** min(self.failures, 6))
+                self.next_allowed = time.monotonic() + backoff
+                self.notifier.status(self.status_line() + f"; converge failed, retry in {backoff:g} s")
+            else:
+                self.failures = 0
+                self.next_allowed = 0.0
+
+    def _check_external_state(self) -> bool:
+        """Follow the VIP owner's state file; True when it changed."""
+        cfg = self.config
+        if cfg is None or cfg.vip_mode != "external" or not cfg.external_state_file or self.health is None:
+            return False
+        try:
+            with open(cfg.external_state_file) as fh:
+                st = fh.read().strip().upper() or "MASTER"
+        except OSError:
+            st = "MASTER"
+        if st == self.ext_state:
+            return False
+        log.info("external VIP owner state %s -> %s: health-check side effects %s", self.ext_state, st,
+                 "resumed" if st == "MASTER" else "paused")
+        self.ext_state = st
+        self.health.set_paused(st != "MASTER")
+        return True
+
+    async def timers(self) -> None:
+        """Reconcile, stat poll, drain progress, slow-start ramps and the systemd watchdog."""
+        assert self.config is not None
+        last_reconcile = last_poll = time.monotonic()
+        wd = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else 0.0
+        last_wd = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            cfg = self.config
+            if now - last_reconcile >= cfg.reconcile_interval:
+                last_reconcile = now
+                self.kick("reconcile")
+            if now - last_poll >= POLL_INTERVAL:
+                last_poll = now
+                self.kick("poll")
+            if self.state.drains:
+                self.kick("drain")
+            if self.health is not None:
+                dl = self.health.next_deadline()
+                if dl is not None and dl <= now:
+                    self.kick("slow start")
+            if wd and now - last_wd >= wd:
+                last_wd = now
+                self.notifier.watchdog()
+            if cfg.external_state_file and self._check_external_state():
+                self.kick("external")
+            step = DRAIN_POLL if (self.state.drains or cfg.external_state_file) else 5.0
+            if wd:
+                step = min(step, wd)
+            await asyncio.sleep(step)
+
+    async def loop(self) -> None:
+        while not self.stopping:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if self.stopping:
+                break
+            if "file" in self.pending:
+                await asyncio.sleep(SETTLE)  # fold a burst of editor events
+            await self.tick()
+
+    # ---------------------------------------------------------------------------------------- control
+
+    async def handle(self, req: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "reload":
+            outcome = await self.reload("ipvsync reload")
+            return {"ok": outcome.code == 0, **outcome.to_json()}
+        if cmd == "status":
+            from ipvsync.status import build_status
+
+            return {"ok": True, "status": build_status(self, req.get("service"))}
+        if cmd in ("drain", "undrain"):
+            return self.operator_drain(cmd, str(req.get("service", "")), str(req.get("real_server", "")), peer)
+        if cmd == "plan":
+            assert self.config is not None
+            observed = self.observe(self.config)
+            desired, _ = self.desired_for(self.config, observed, time.monotonic())
+            p = plan(desired, observed, self.state.owned, sync_daemons=self.config.sync_daemons,
+                     timeouts=self.config.ipvs_timeouts)
+            return {"ok": True, "config_file": self.config_path, "text": p.text(), "operations": p.to_json()}
+        if cmd == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def operator_drain(self, cmd: str, service: str, real_server: str, peer: dict[str, Any]) -> dict[str, Any]:
+        from ipvsync.config.build import split_real_server
+
+        cfg = self.config
+        svc = cfg.service(service) if cfg else None
+        if svc is None:
+            names = ", ".join(s.name for s in cfg.services) if cfg else ""
+            return {"ok": False, "error": f"no service {service!r} in the config (services: {names})"}
+        try:
+            addr, port = split_real_server(real_server, svc.key.port)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        rs = svc.real_server(DestKey(addr, port))
+        if rs is None:
+            return {"ok": False, "error": f"{real_server} is not a real server of {service} "
+                                          f"(real servers: {', '.join(str(r.key) for r in svc.real_servers)})"}
+        key = rs_id_key(svc.name, rs.key)
+        who = f"uid {peer.get('uid', '?')} pid {peer.get('pid', '?')}"
+        fields = {"SERVICE": svc.name, "REAL_SERVER": str(rs.key), "WHO": who}
+        if cmd == "drain":
+            if key in self.state.operator_drains:
+                return {"ok": True, "message": f"{rs.key} of {svc.name} was already drained"}
+            self.state.operator_drains[key] = {"who": who, "since": time.time()}
+            log.info("operator drain: %s of %s goes to weight 0 (%s)", rs.key, svc.name, who, extra=fields)
+        else:
+            if self.state.operator_drains.pop(key, None) is None:
+                return {"ok": True, "message": f"{rs.key} of {svc.name} was not drained"}
+            log.info("operator undrain: %s of %s back in rotation (%s)", rs.key, svc.name, who, extra=fields)
+        self._save_state()
+        if cfg is not None:
+            self.converge_with(cfg, cmd)
+        verb = "drained (weight 0 until undrain)" if cmd == "drain" else "undrained"
+        return {"ok": True, "message": f"{rs.key} of {svc.name} {verb}"}
+
+    # ---------------------------------------------------------------------------------------- watchers
+
+    def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            log.warning("watchdog is not installed: config changes are noticed by the %g s poll only",
+                        POLL_INTERVAL)
+            return
+        daemon = self
+
+        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+            def on_any_event(self, event: Any) -> None:
+                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                    return
+                loop.call_soon_threadsafe(daemon.kick, "file")
+
+        observer = Observer()
+        dirs = {os.path.dirname(self.config_path)}
+        if self.config is not None:
+            dirs |= {d for d in self.config.include_dirs if os.path.isdir(d)}
+        for d in sorted(dirs):
+            observer.schedule(Handler(), d, recursive=False)
+        observer.daemon = True
+        observer.start()
+        self.observer = observer
+
+    def start_rtnl(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ipvsync.kernel.rtnl import subscribe
+
+        try:
+            self.rtnl_events = subscribe()
+        except OSError as exc:
+            log.warning("cannot subscribe to link/address events (%s): VIPs are repaired at reconcile only", exc)
+            return
+        self.rtnl_events.sock.setblocking(False)
+
+        def readable() -> None:
+            if self.rtnl_events.drain_events():
+                self.kick("kernel")
+
+        loop.add_reader(self.rtnl_events.fileno(), readable)
+
+    # ---------------------------------------------------------------------------------------- run
+
+    async def run(self) -> int:
+        from ipvsync.kernel.system import Kernel
+        from ipvsync.state import StateCorrupt
+
+        loop = asyncio.get_running_loop()
+        try:
+            self.state = self.store.load()
+        except StateCorrupt as exc:
+            log.error("%s", exc)
+            self.state = State()
+        self.kernel = Kernel()
+        self.applier = Applier(self.kernel, self.store, FaultSeam.from_env())
+        try:
+            from ipvsync.health.monitor import HealthMonitor
+
+            self.health = HealthMonitor(lambda: self.kick("health"))
+        except ImportError:
+            self.health = None
+        outcome = await self.reload("start")
+        if self.config is None:
+            for e in outcome.errors:
+                log.error("%s", e)
+            return 1 if outcome.code == 1 else outcome.code
+        self.report_sysctls()
+        self.start_metrics()
+        server = await __import__("ipvsync.control", fromlist=["serve"]).serve(self.runtime_dir, self.handle)
+        self.start_watching(loop)
+        self.start_rtnl(loop)
+        for sig, why in ((signal.SIGHUP, "hup"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
+            loop.add_signal_handler(sig, self.on_signal, why)
+        tasks = [asyncio.create_task(self.loop()), asyncio.create_task(self.timers())]
+        if self.health is not None:
+            tasks.append(asyncio.create_task(self.health.run()))
+        self.notifier.ready(self.status_line())
+        log.info("ipvsync running: %s", self.status_line(), extra={"CONFIG_FILE": self.config_path})
+        try:
+            await self.stopped()
+        finally:
+            self.notifier.stopping()
+            server.close()
+            if self.health is not None:
+                self.health.stop()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.observer is not None:
+                self.observer.stop()
+            self.shutdown_kernel()
+            self.kernel.close()
+        return 0
+
+    _stop_event: asyncio.Event | None = None
+
+    async def stopped(self) -> None:
+        self._stop_event = asyncio.Event()
+        await self._stop_event.wait()
+
+    def on_signal(self, why: str) -> None:
+        if why == "hup":
+            asyncio.get_running_loop().create_task(self.reload("SIGHUP"))
+            return
+        log.info("stopping (signal); IPVS and VIPs stay in place%s",
+                 "" if not self.remove_on_exit else " except with --remove-on-exit")
+        self.stopping = True
+        self.wakeup.set()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def shutdown_kernel(self) -> None:
+        """Stop: leave everything, except withdraw_vip VIPs (nothing checks health any more) and
+        --remove-on-exit."""
+        cfg = self.config
+        if cfg is None:
+            return
+        try:
+            observed = self.observe(cfg)
+            desired = from_config(cfg)
+            if self.remove_on_exit:
+                desired = Desired({}, {}, cfg.vip_interface, cfg.vip_mode != "external")
+                owned = Owned(self.state.owned.services, self.state.owned.vips, frozenset(),
+                              self.state.owned.daemons)
+                self.state.owned = owned
+            else:
+                withdraw = {a for s in cfg.services if s.withdraw_vip for a in s.vips}
+                if not withdraw:
+                    return
+                desired = Desired(observed_as_desired(observed), {v: o for v, o in desired.vips.items()
+                                                                  if v.address not in withdraw},
+                                  cfg.vip_interface, desired.manage_vips)
+            assert self.applier is not None
+            result = self.applier.converge(desired, observed, self.state, sync_daemons=())
+            for op in result.applied:
+                log.info("on exit: %s", op.text(), extra=_op_fields(op, {}))
+        except OSError as exc:
+            log.error("on exit: %s", exc)
+
+    def start_metrics(self) -> None:
+        cfg = self.config
+        if cfg is None or not cfg.metrics_listen:
+            return
+        try:
+            from ipvsync.metrics import start_metrics
+        except ImportError:
+            log.warning("metrics: prometheus-client is not installed; 'metrics:' ignored")
+            return
+        try:
+            self.metrics = start_metrics(self, cfg.metrics_listen)
+        except Exception as exc:  # noqa: BLE001 - a metrics endpoint must not stop the daemon
+            log.error("metrics: cannot listen on %s: %s", cfg.metrics_listen, exc)
+
+
+def observed_as_desired(observed: Observed) -> dict:
+    """Keep every IPVS service as it is (used on exit, when only VIPs change)."""
+    from ipvsync.desired import DesiredDest, DesiredService
+    from ipvsync.plan import NO_ORIGIN
+
+    out = {}
+    for k, s in observed.services.items():
+        dests = {dk: DesiredDest(dk, d.family, d.attrs, NO_ORIGIN) for dk, d in s.dests.items()}
+        out[k] = DesiredService(str(k), k, s.attrs, dests, NO_ORIGIN, ())
+    return out
+
+
+def main(config_path: str, state_dir: str, runtime_dir: str, remove_on_exit: bool = False) -> int:
+    """Run the daemon until SIGTERM; returns the process exit code."""
+    from ipvsync.state import LockHeld, RuntimeLock
+    from ipvsync.systemd import setup_logging
+
+    setup_logging()
+    lock = RuntimeLock(runtime_dir)
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        log.error("another ipvsync daemon (pid %s) already runs with runtime dir %s; stop it first or use "
+                  "--runtime-dir", exc.pid or "?", runtime_dir)
+        return 4
+    try:
+        daemon = Daemon(config_path, state_dir, runtime_dir, remove_on_exit)
+        try:
+            return asyncio.run(daemon.run())
+        except PermissionError as exc:
+            log.error("permission denied: %s (run as root)", exc)
+            return 4
+        except OSError as exc:
+            log.error("kernel error: %s", exc)
+            return 4
+    finally:
+        lock.release()
