@@ -107,6 +107,7 @@ def stage(build: Path) -> Path:
 def contents(st: Path, fmt: str) -> list[dict]:
     pydir = DEB_PYDIR if fmt == "deb" else RPM_PYDIR
     unitdir = DEB_UNITDIR if fmt == "deb" else RPM_UNITDIR
+    doc = {"type": "doc"} if fmt == "rpm" else {}  # %doc; nfpm's deb packager drops "doc" entries
     f = lambda src, dst, mode=0o644, **kw: {"src": str(src), "dst": dst,  # noqa: E731
                                             "file_info": {"mode": mode}, **kw}
     c = [
@@ -115,11 +116,11 @@ def contents(st: Path, fmt: str) -> list[dict]:
         f(HERE / "modules-load.d" / "ipvsync.conf", "/usr/lib/modules-load.d/ipvsync.conf"),
         f(HERE / "etc" / "ipvsync.yaml", "/etc/ipvsync/ipvsync.yaml", 0o644, type="config|noreplace"),
         f(ROOT / "schemas" / "ipvsync.schema.json", "/usr/share/ipvsync/ipvsync.schema.json"),
-        f(ROOT / "ipvsync.yaml.example", "/usr/share/doc/ipvsync/examples/ipvsync.yaml.example", 0o644, type="doc"),
-        f(HERE / "systemd" / "dropins" / "garp.conf", "/usr/share/doc/ipvsync/examples/systemd/garp.conf", 0o644, type="doc"),
-        f(HERE / "copyright", "/usr/share/doc/ipvsync/copyright", 0o644, type="doc"),
-        f(st / "man" / "ipvsync.8.gz", "/usr/share/man/man8/ipvsync.8.gz", 0o644, type="doc"),
-        f(st / "man" / "ipvsync.yaml.5.gz", "/usr/share/man/man5/ipvsync.yaml.5.gz", 0o644, type="doc"),
+        f(ROOT / "ipvsync.yaml.example", "/usr/share/doc/ipvsync/examples/ipvsync.yaml.example", 0o644, **doc),
+        f(HERE / "systemd" / "dropins" / "garp.conf", "/usr/share/doc/ipvsync/examples/systemd/garp.conf", 0o644, **doc),
+        f(HERE / "copyright", "/usr/share/doc/ipvsync/copyright", 0o644, **doc),
+        f(st / "man" / "ipvsync.8.gz", "/usr/share/man/man8/ipvsync.8.gz", 0o644, **doc),
+        f(st / "man" / "ipvsync.yaml.5.gz", "/usr/share/man/man5/ipvsync.yaml.5.gz", 0o644, **doc),
         {"dst": "/etc/ipvsync", "type": "dir", "file_info": {"mode": 0o755}},
     ]
     if fmt == "rpm":

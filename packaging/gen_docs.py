@@ -112,7 +112,7 @@ class Doc:
         if isinstance(s, dict) and s.get("description"):
             return s["description"]
         name, target = self.ref(s)
-        if name and name not in ("health", "persistence", "tunnel", "defaults"):
+        if name and name not in ("health", "persistence", "tunnel"):
             return target.get("description", "")
         return ""
 
@@ -165,8 +165,8 @@ class Doc:
             Section("Service keys", d["service"]["description"] + " Each key of `services:` names one; "
                     "besides the keys below, a service takes every common key.",
                     self.entries(d["service"], skip=common_keys)),
-            Section("Common keys", "Valid in `defaults:` and in a service; a real server takes the ones "
-                    "listed under Real server keys. " + d["defaults"]["description"],
+            Section("Common keys", d["common"]["description"] + " A real server takes the ones listed "
+                    "under Real server keys.",
                     self.entries(d["defaults"])),
             Section("Real server keys", f"An entry of `real_servers:`: a string ({rs_str['description']}) "
                     "or a mapping with these keys.", self.entries(rs_obj)),
