@@ -95,7 +95,7 @@ def test_tcp_timeout_on_full_backlog():
             for c in fillers:
                 c.close()
     assert not r.ok and r.reason == "timeout"
-    assert 0.25 < took < 1.0
+    assert 0.25 < took < 2.5
 
 
 def test_tcp_ipv6_loopback():
