@@ -55,12 +55,7 @@ def _wait_for_table(ns: Netns, n_lines: int, proc_alive: Callable[[], bool]) -> 
     return ns.ipvsadm_save()
 
 
-# ipvsync.model's TUN_F_* constants (NOCSUM 0x1, CSUM 0x2, REMCSUM 0x4) are not the kernel's
-# IP_VS_TUNNEL_ENCAP_FLAG_* (NOCSUM 0, CSUM 1<<0, REMCSUM 1<<1): `checksum: checksum` reaches the
-# kernel as remcsum and `none` as csum. Strict xfail until the model is fixed.
-TUN_FLAGS_BUG = pytest.mark.xfail(strict=True,
-                                  reason="ipvsync.model TUN_F_* values differ from the kernel UAPI")
-CASES = [pytest.param(n, marks=TUN_FLAGS_BUG) if n == "tun_gue.conf" else n for n in SAMPLES]
+CASES = SAMPLES
 
 
 @pytest.mark.parametrize("name", CASES)
