@@ -407,3 +407,28 @@ def test_machine_param(seq, expect):
 
 def test_module_constants():
     assert machine.FLAP_MAX >= 2 and machine.FLAP_WINDOW > 0
+
+
+def test_file_check_feeds_file_weights_immediately(tmp_path):
+    path = tmp_path / "maint"
+    c = cfg(svc("web", 80, [("10.0.0.1", 80), ("10.0.0.2", 80)], {"type": "file", "path": str(path),
+                                                                    "interval": 0.01}))
+
+    async def main() -> None:
+        changes: list[int] = []
+        mon = HealthMonitor(lambda: changes.append(1), rng=random.Random(4))  # real probes
+        mon.update(c, set())
+        assert mon.status()["probe_jobs"] == 1  # one file, one probe for both servers
+        task = asyncio.create_task(mon.run())
+        await until(lambda: all(h.is_up for h in mon.verdicts().values()))  # rise is 1 for file checks
+        assert mon.file_weights() == {}
+        path.write_text("3")
+        await until(lambda: len(mon.file_weights()) == 2)
+        assert set(mon.file_weights().values()) == {3}
+        path.write_text("")
+        await until(lambda: not any(h.is_up for h in mon.verdicts().values()))
+        assert set(mon.file_weights().values()) == {0}
+        mon.stop()
+        await task
+
+    asyncio.run(main())
