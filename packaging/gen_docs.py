@@ -123,8 +123,13 @@ class Doc:
 
     @staticmethod
     def section_title(name: str) -> str:
-        return {"health": "Health check keys", "persistence": "Persistence keys", "tunnel": "Tunnel keys",
-                "defaults": "Common keys", "service": "Service keys"}.get(name, name)
+        return {
+            "health": "Health check keys",
+            "persistence": "Persistence keys",
+            "tunnel": "Tunnel keys",
+            "defaults": "Common keys",
+            "service": "Service keys",
+        }.get(name, name)
 
     def props(self, s: dict[str, Any]) -> dict[str, Any]:
         """Properties with `true` placeholders filled from the allOf'd $defs (common)."""
@@ -145,10 +150,20 @@ class Doc:
             name = f"{prefix}{key}"
             _, target = self.ref(sub)
             inline_obj = "$ref" not in sub and sub.get("type") == "object" and "properties" in sub
-            inline_list = ("$ref" not in sub and sub.get("type") == "array"
-                           and isinstance(sub.get("items"), dict) and sub["items"].get("type") == "object")
-            out.append(Entry(name, self.type_of(sub), self.default_of(sub) or self.default_of(target),
-                             self.describe(sub)))
+            inline_list = (
+                "$ref" not in sub
+                and sub.get("type") == "array"
+                and isinstance(sub.get("items"), dict)
+                and sub["items"].get("type") == "object"
+            )
+            out.append(
+                Entry(
+                    name,
+                    self.type_of(sub),
+                    self.default_of(sub) or self.default_of(target),
+                    self.describe(sub),
+                )
+            )
             if inline_obj:
                 out += self.entries(sub, f"{name}.")
             elif inline_list:
@@ -162,27 +177,45 @@ class Doc:
         rs_str = next(alt for alt in d["real_server"]["oneOf"] if alt.get("type") == "string")
         return [
             Section("Top-level keys", self.schema.get("description", ""), self.entries(self.schema)),
-            Section("Service keys", d["service"]["description"] + " Each key of `services:` names one; "
-                    "besides the keys below, a service takes every common key.",
-                    self.entries(d["service"], skip=common_keys)),
-            Section("Common keys", d["common"]["description"] + " A real server takes the ones listed "
-                    "under Real server keys.",
-                    self.entries(d["defaults"])),
-            Section("Real server keys", f"An entry of `real_servers:`: a string ({rs_str['description']}) "
-                    "or a mapping with these keys.", self.entries(rs_obj)),
+            Section(
+                "Service keys",
+                d["service"]["description"] + " Each key of `services:` names one; "
+                "besides the keys below, a service takes every common key.",
+                self.entries(d["service"], skip=common_keys),
+            ),
+            Section(
+                "Common keys",
+                d["common"]["description"] + " A real server takes the ones listed under Real server keys.",
+                self.entries(d["defaults"]),
+            ),
+            Section(
+                "Real server keys",
+                f"An entry of `real_servers:`: a string ({rs_str['description']}) "
+                "or a mapping with these keys.",
+                self.entries(rs_obj),
+            ),
             Section("Health check keys", d["health"]["description"], self.entries(d["health"])),
             Section("Persistence keys", d["persistence"]["description"], self.entries(d["persistence"])),
             Section("Tunnel keys", d["tunnel"]["description"], self.entries(d["tunnel"])),
-            Section("Value formats", "", [
-                Entry("duration", "number or string", None, d["duration"]["description"]),
-                Entry("address", "string", None, d["address"]["description"]),
-                Entry("scheduler", "string", None, d["scheduler"]["description"] + " One of: "
-                      + ", ".join(d["scheduler"]["enum"]) + "."),
-            ]),
+            Section(
+                "Value formats",
+                "",
+                [
+                    Entry("duration", "number or string", None, d["duration"]["description"]),
+                    Entry("address", "string", None, d["address"]["description"]),
+                    Entry(
+                        "scheduler",
+                        "string",
+                        None,
+                        d["scheduler"]["description"] + " One of: " + ", ".join(d["scheduler"]["enum"]) + ".",
+                    ),
+                ],
+            ),
         ]
 
 
 # ---------------------------------------------------------------------------------------------- roff
+
 
 def roff_text(text: str) -> str:
     """Escape for roff running text; `code` becomes bold."""
@@ -209,14 +242,18 @@ def man5(doc: Doc, version: str) -> str:
         ".SH SYNOPSIS",
         ".B /etc/ipvsync/ipvsync.yaml",
         ".SH DESCRIPTION",
-        roff_text("The declarative description of the IPVS virtual services, real servers, VIP addresses "
-                  "and health checks that `ipvsync run` keeps the kernel converged to. It is YAML; its "
-                  "structure is the JSON Schema in /usr/share/ipvsync/ipvsync.schema.json (also printed "
-                  "by `ipvsync schema`), from which this reference is generated."),
+        roff_text(
+            "The declarative description of the IPVS virtual services, real servers, VIP addresses "
+            "and health checks that `ipvsync run` keeps the kernel converged to. It is YAML; its "
+            "structure is the JSON Schema in /usr/share/ipvsync/ipvsync.schema.json (also printed "
+            "by `ipvsync schema`), from which this reference is generated."
+        ),
         ".PP",
-        roff_text("Validate a file with `ipvsync check -c FILE`: every error is reported as FILE:LINE:COLUMN. "
-                  "The daemon applies a saved edit by itself; `systemctl reload ipvsync` applies and waits, "
-                  "and fails, keeping the running state, when the new file is invalid."),
+        roff_text(
+            "Validate a file with `ipvsync check -c FILE`: every error is reported as FILE:LINE:COLUMN. "
+            "The daemon applies a saved edit by itself; `systemctl reload ipvsync` applies and waits, "
+            "and fails, keeping the running state, when the new file is invalid."
+        ),
     ]
     for sec in doc.sections():
         out.append(f".SH {sec.title.upper()}")
@@ -232,12 +269,23 @@ def man5(doc: Doc, version: str) -> str:
                 out.append(roff_text(e.description))
     out += [".SH EXAMPLE", ".nf", ".RS"]
     out += [roff_text(line) if line else "" for line in EXAMPLE.read_text().rstrip("\n").split("\n")]
-    out += [".RE", ".fi",
-            ".SH FILES",
-            ".TP", ".B /etc/ipvsync/ipvsync.yaml", "The configuration (a conffile: upgrades keep your edits).",
-            ".TP", ".B /usr/share/ipvsync/ipvsync.schema.json", "The JSON Schema of this file.",
-            ".TP", ".B /usr/share/doc/ipvsync/examples/", "Annotated examples.",
-            ".SH SEE ALSO", "\\fBipvsync\\fR(8), \\fBipvsadm\\fR(8), \\fBsystemd.exec\\fR(5)", ""]
+    out += [
+        ".RE",
+        ".fi",
+        ".SH FILES",
+        ".TP",
+        ".B /etc/ipvsync/ipvsync.yaml",
+        "The configuration (a conffile: upgrades keep your edits).",
+        ".TP",
+        ".B /usr/share/ipvsync/ipvsync.schema.json",
+        "The JSON Schema of this file.",
+        ".TP",
+        ".B /usr/share/doc/ipvsync/examples/",
+        "Annotated examples.",
+        ".SH SEE ALSO",
+        "\\fBipvsync\\fR(8), \\fBipvsadm\\fR(8), \\fBsystemd.exec\\fR(5)",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -284,21 +332,31 @@ def man8(version: str) -> str:
         "[\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-\\-state\\-dir\\fR \\fIDIR\\fR] "
         "[\\fB\\-\\-runtime\\-dir\\fR \\fIDIR\\fR] [\\fB\\-v\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]",
         ".SH DESCRIPTION",
-        roff_text("ipvsync keeps the kernel's IPVS table (virtual services and real servers), the VIP "
-                  "addresses and the IPVS sysctls converged to a YAML file, ipvsync.yaml(5), and health-checks "
-                  "the real servers. It replaces the LVS half of keepalived; VRRP is not its business "
-                  "(`vip_mode: external` lets another program own the addresses)."),
+        roff_text(
+            "ipvsync keeps the kernel's IPVS table (virtual services and real servers), the VIP "
+            "addresses and the IPVS sysctls converged to a YAML file, ipvsync.yaml(5), and health-checks "
+            "the real servers. It replaces the LVS half of keepalived; VRRP is not its business "
+            "(`vip_mode: external` lets another program own the addresses)."
+        ),
         ".PP",
-        roff_text("`ipvsync run` is the daemon, normally started by systemd as ipvsync.service. It owns only "
-                  "what it created or adopted (recorded in the state directory); stopping or restarting it "
-                  "leaves the kernel state in place, so a restart does not interrupt traffic."),
+        roff_text(
+            "`ipvsync run` is the daemon, normally started by systemd as ipvsync.service. It owns only "
+            "what it created or adopted (recorded in the state directory); stopping or restarting it "
+            "leaves the kernel state in place, so a restart does not interrupt traffic."
+        ),
         ".SH OPTIONS",
-        ".TP", ".BR \\-c \", \" \\-\\-config \" \" \\fIFILE\\fR",
+        ".TP",
+        '.BR \\-c ", " \\-\\-config " " \\fIFILE\\fR',
         "The configuration (default /etc/ipvsync/ipvsync.yaml).",
-        ".TP", ".BR \\-\\-state\\-dir \" \" \\fIDIR\\fR", "Ownership records (default /var/lib/ipvsync).",
-        ".TP", ".BR \\-\\-runtime\\-dir \" \" \\fIDIR\\fR",
+        ".TP",
+        '.BR \\-\\-state\\-dir " " \\fIDIR\\fR',
+        "Ownership records (default /var/lib/ipvsync).",
+        ".TP",
+        '.BR \\-\\-runtime\\-dir " " \\fIDIR\\fR',
         "Runtime lock and the daemon's control socket (default /run/ipvsync).",
-        ".TP", ".BR \\-v \", \" \\-\\-verbose", "Print every operation.",
+        ".TP",
+        '.BR \\-v ", " \\-\\-verbose',
+        "Print every operation.",
         ".SH COMMANDS",
     ]
     for name, help_, opts in parser_commands():
@@ -310,19 +368,31 @@ def man8(version: str) -> str:
         out += [".TP", f".B {code}", roff_text(text[:1].upper() + text[1:] + ".")]
     out += [
         ".SH SYSTEMD",
-        roff_text("ipvsync.service is Type=notify: it is active once the first convergence is done. "
-                  "`systemctl reload ipvsync` runs `ipvsync reload`, which waits for the daemon's verdict: "
-                  "it fails (exit 1 rejected, 5 rolled back) when the new file is invalid or cannot be "
-                  "applied, and the daemon keeps the last good configuration. The journal entries carry the "
-                  "fields VIP, REAL_SERVER, SERVICE, CONFIG_FILE and CONFIG_LINE, e.g. "
-                  "`journalctl -u ipvsync VIP=192.0.2.10`."),
+        roff_text(
+            "ipvsync.service is Type=notify: it is active once the first convergence is done. "
+            "`systemctl reload ipvsync` runs `ipvsync reload`, which waits for the daemon's verdict: "
+            "it fails (exit 1 rejected, 5 rolled back) when the new file is invalid or cannot be "
+            "applied, and the daemon keeps the last good configuration. The journal entries carry the "
+            "fields VIP, REAL_SERVER, SERVICE, CONFIG_FILE and CONFIG_LINE, e.g. "
+            "`journalctl -u ipvsync VIP=192.0.2.10`."
+        ),
         ".SH ENVIRONMENT",
-        ".TP", ".B IPVSYNC_SCHEMA", "Use this JSON Schema file instead of the installed one.",
+        ".TP",
+        ".B IPVSYNC_SCHEMA",
+        "Use this JSON Schema file instead of the installed one.",
         ".SH FILES",
-        ".TP", ".B /etc/ipvsync/ipvsync.yaml", "Configuration; see \\fBipvsync.yaml\\fR(5).",
-        ".TP", ".B /var/lib/ipvsync/", "State: which kernel objects ipvsync owns.",
-        ".TP", ".B /run/ipvsync/", "Runtime lock and control socket.",
-        ".TP", ".B /usr/share/ipvsync/ipvsync.schema.json", "The configuration's JSON Schema.",
+        ".TP",
+        ".B /etc/ipvsync/ipvsync.yaml",
+        "Configuration; see \\fBipvsync.yaml\\fR(5).",
+        ".TP",
+        ".B /var/lib/ipvsync/",
+        "State: which kernel objects ipvsync owns.",
+        ".TP",
+        ".B /run/ipvsync/",
+        "Runtime lock and control socket.",
+        ".TP",
+        ".B /usr/share/ipvsync/ipvsync.schema.json",
+        "The configuration's JSON Schema.",
         ".SH SEE ALSO",
         "\\fBipvsync.yaml\\fR(5), \\fBipvsadm\\fR(8), \\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1)",
         "",
@@ -331,6 +401,7 @@ def man8(version: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ markdown
+
 
 def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")

@@ -31,7 +31,9 @@ GENERATED = GEN.generate()
 @pytest.mark.parametrize("path", sorted(GENERATED), ids=lambda p: str(p.relative_to(ROOT)))
 def test_committed_file_is_current(path: Path) -> None:
     assert path.exists(), f"{path.relative_to(ROOT)} missing: run `make man`"
-    assert path.read_text() == GENERATED[path], f"{path.relative_to(ROOT)} is stale: run `make man` and commit"
+    assert path.read_text() == GENERATED[path], (
+        f"{path.relative_to(ROOT)} is stale: run `make man` and commit"
+    )
 
 
 def _schema_keys() -> set[str]:
@@ -101,5 +103,7 @@ def test_man_pages_render(tmp_path: Path) -> None:
     if not shutil.which("groff"):
         pytest.skip("groff not installed")
     for path in (GEN.OUT_MAN5, GEN.OUT_MAN8):
-        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(path)], capture_output=True, text=True)
+        r = subprocess.run(
+            ["groff", "-man", "-Tutf8", "-ww", "-z", str(path)], capture_output=True, text=True
+        )
         assert r.returncode == 0 and not r.stderr.strip(), f"{path.name}: {r.stderr}"

@@ -23,11 +23,23 @@ from ipvsync import __version__  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-DEB_DEPENDS = ["python3 (>= 3.11)", "python3-yaml", "python3-jsonschema", "python3-watchdog",
-               "python3-pyroute2", "python3-systemd"]
+DEB_DEPENDS = [
+    "python3 (>= 3.11)",
+    "python3-yaml",
+    "python3-jsonschema",
+    "python3-watchdog",
+    "python3-pyroute2",
+    "python3-systemd",
+]
 DEB_RECOMMENDS = ["ipvsadm", "python3-prometheus-client"]
-RPM_REQUIRES = ["python(abi) >= 3.11", "python3dist(pyyaml)", "python3dist(jsonschema)",
-                "python3dist(watchdog)", "python3dist(pyroute2)", "python3-systemd"]
+RPM_REQUIRES = [
+    "python(abi) >= 3.11",
+    "python3dist(pyyaml)",
+    "python3dist(jsonschema)",
+    "python3dist(watchdog)",
+    "python3dist(pyroute2)",
+    "python3-systemd",
+]
 RPM_RECOMMENDS = ["ipvsadm", "python3dist(prometheus-client)"]
 CONFFILE = "/etc/ipvsync/ipvsync.yaml"
 
@@ -49,8 +61,11 @@ RPM_PYDIR = "/usr/share/ipvsync/python"
 
 
 def python_files() -> set[str]:
-    return {p.relative_to(ROOT).as_posix() for p in (ROOT / "ipvsync").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".json", ".typed")}
+    return {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "ipvsync").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".json", ".typed")
+    }
 
 
 def run(*argv: str, **kw) -> str:
@@ -63,8 +78,9 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if given:
         return Path(given)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(PKG / "build.py"), "--out", str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(PKG / "build.py"), "--out", str(out)], check=True, stdout=subprocess.DEVNULL
+    )
     return out
 
 
@@ -89,6 +105,7 @@ def split_deps(field: str) -> list[str]:
 
 
 # -- .deb ----------------------------------------------------------------------------------------
+
 
 def test_deb_control(deb: Path) -> None:
     f = lambda name: run("dpkg-deb", "-f", str(deb), name).strip()  # noqa: E731
@@ -129,18 +146,28 @@ def test_deb_file_list(deb: Path) -> None:
 def test_deb_payload(deb: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     run("dpkg-deb", "-x", str(deb), str(root))
-    assert (root / "lib/systemd/system/ipvsync.service").read_text() == \
-        (PKG / "systemd/ipvsync.service").read_text()
+    assert (root / "lib/systemd/system/ipvsync.service").read_text() == (
+        PKG / "systemd/ipvsync.service"
+    ).read_text()
     launcher = (root / "usr/bin/ipvsync").read_text()
     assert launcher.startswith("#!/usr/bin/python3\n") and "from ipvsync.cli import main" in launcher
     assert (root / "usr/lib/modules-load.d/ipvsync.conf").read_text().split("\n")[-2] == "ip_vs"
-    assert (root / "usr/share/ipvsync/ipvsync.schema.json").read_bytes() == \
-        (ROOT / "schemas/ipvsync.schema.json").read_bytes()
+    assert (root / "usr/share/ipvsync/ipvsync.schema.json").read_bytes() == (
+        ROOT / "schemas/ipvsync.schema.json"
+    ).read_bytes()
     # the stub config passes `ipvsync check` with the packaged code and the packaged schema
-    env = dict(os.environ, IPVSYNC_SCHEMA=str(root / "usr/share/ipvsync/ipvsync.schema.json"),
-               PYTHONPATH=str(root / DEB_PYDIR.lstrip("/")))
-    r = subprocess.run([sys.executable, "-m", "ipvsync", "check", "-c", str(root / CONFFILE.lstrip("/"))],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        IPVSYNC_SCHEMA=str(root / "usr/share/ipvsync/ipvsync.schema.json"),
+        PYTHONPATH=str(root / DEB_PYDIR.lstrip("/")),
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "ipvsync", "check", "-c", str(root / CONFFILE.lstrip("/"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "OK (0 services" in r.stdout
     text = (root / CONFFILE.lstrip("/")).read_text()
@@ -174,8 +201,14 @@ def _run_script(script: Path, tmp_path: Path, *args: str) -> list[str]:
     bindir.mkdir(exist_ok=True)
     log = tmp_path / "calls.log"
     log.write_text("")
-    for tool in ("systemctl", "deb-systemd-helper", "deb-systemd-invoke", "py3compile", "py3clean",
-                 "modprobe"):
+    for tool in (
+        "systemctl",
+        "deb-systemd-helper",
+        "deb-systemd-invoke",
+        "py3compile",
+        "py3clean",
+        "modprobe",
+    ):
         stub = bindir / tool
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
         stub.chmod(0o755)
@@ -207,12 +240,15 @@ def test_deb_script_behaviour(tmp_path: Path) -> None:
 
 # -- .rpm ----------------------------------------------------------------------------------------
 
+
 def rpmq(rpm: Path, *args: str) -> list[str]:
     return [ln for ln in run("rpm", "-qp", *args, str(rpm)).splitlines() if ln.strip()]
 
 
 def test_rpm_header(rpm: Path) -> None:
-    assert rpmq(rpm, "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\\n") == [f"ipvsync {__version__}-1 noarch"]
+    assert rpmq(rpm, "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\\n") == [
+        f"ipvsync {__version__}-1 noarch"
+    ]
 
 
 def test_rpm_requires(rpm: Path) -> None:
@@ -223,8 +259,11 @@ def test_rpm_requires(rpm: Path) -> None:
 
 def test_rpm_configfiles(rpm: Path) -> None:
     assert rpmq(rpm, "--configfiles") == [CONFFILE]
-    flags = dict(ln.split(" ", 1)[::-1] for ln in rpmq(rpm, "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]")
-                 if " " in ln)
+    flags = dict(
+        ln.split(" ", 1)[::-1]
+        for ln in rpmq(rpm, "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]")
+        if " " in ln
+    )
     assert flags == {"cn": CONFFILE} or {v: k for k, v in flags.items()}.get(CONFFILE) == "cn"
 
 
@@ -243,20 +282,29 @@ def test_rpm_file_list(rpm: Path) -> None:
     assert sorted(expected - set(files)) == [], "files missing from the .rpm"
     assert files["/usr/bin/ipvsync"] == "-rwxr-xr-x"
     # the package owns its own directories, and no system ones
-    assert {"/etc/ipvsync", "/usr/share/ipvsync", RPM_PYDIR, f"{RPM_PYDIR}/ipvsync",
-            "/usr/share/doc/ipvsync"} <= dirs
+    assert {
+        "/etc/ipvsync",
+        "/usr/share/ipvsync",
+        RPM_PYDIR,
+        f"{RPM_PYDIR}/ipvsync",
+        "/usr/share/doc/ipvsync",
+    } <= dirs
     assert not dirs & {"/usr", "/usr/bin", "/usr/lib", "/usr/lib/systemd/system", "/etc", "/usr/share"}
     assert set(rpmq(rpm, "-l")) == set(files) | dirs
 
 
 def test_rpm_scripts(rpm: Path) -> None:
     text = run("rpm", "-qp", "--scripts", str(rpm))
-    sections = dict(re.findall(r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)", text, re.M | re.S))
+    sections = dict(
+        re.findall(r"^(\w+) scriptlet \(using /bin/sh\):\n(.*?)(?=^\w+ scriptlet|\Z)", text, re.M | re.S)
+    )
     assert set(sections) == {"postinstall", "preuninstall", "postuninstall"}
     for section, name in (("postinstall", "post"), ("preuninstall", "preun"), ("postuninstall", "postun")):
         assert sections[section].strip() == (PKG / "scripts/rpm" / name).read_text().strip()
         subprocess.run(["sh", "-n"], input=sections[section], text=True, check=True)
-    assert 'if [ "$1" -eq 1 ]' in sections["postinstall"] and "preset ipvsync.service" in sections["postinstall"]
+    assert (
+        'if [ "$1" -eq 1 ]' in sections["postinstall"] and "preset ipvsync.service" in sections["postinstall"]
+    )
     assert "disable --now ipvsync.service" in sections["preuninstall"]
     assert "try-restart ipvsync.service" in sections["postuninstall"]
     assert "daemon-reload" in sections["postinstall"] and "daemon-reload" in sections["postuninstall"]
@@ -275,18 +323,27 @@ def test_rpm_launcher(rpm: Path, tmp_path: Path) -> None:
     # run it against the unpacked tree: the private path holds a working package
     body = launcher.replace(RPM_PYDIR, str(root / RPM_PYDIR.lstrip("/")))
     env = dict(os.environ, IPVSYNC_SCHEMA=str(root / "usr/share/ipvsync/ipvsync.schema.json"))
-    r = subprocess.run([sys.executable, "-c", body, "check", "-c", str(root / CONFFILE.lstrip("/"))],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", body, "check", "-c", str(root / CONFFILE.lstrip("/"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
 
 
 # -- the unit --------------------------------------------------------------------------------------
 
+
 def test_unit_exposure() -> None:
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
-    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                        str(PKG / "systemd/ipvsync.service")], capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(PKG / "systemd/ipvsync.service")],
+        capture_output=True,
+        text=True,
+    )
     m = re.search(r"Overall exposure level for ipvsync.service: (\d+\.\d)", r.stdout)
     if not m and "--offline" in r.stderr:
         pytest.skip("systemd-analyze too old for --offline")
@@ -296,21 +353,48 @@ def test_unit_exposure() -> None:
 
 def test_unit_directives() -> None:
     unit = (PKG / "systemd/ipvsync.service").read_text()
-    want = ["Type=notify", "ExecStartPre=/usr/bin/ipvsync check -c /etc/ipvsync/ipvsync.yaml",
-            "ExecStart=/usr/bin/ipvsync run", "ExecReload=/usr/bin/ipvsync reload", "Restart=on-failure",
-            "RestartPreventExitStatus=1", "WatchdogSec=30s", "ConfigurationDirectory=ipvsync",
-            "StateDirectory=ipvsync", "RuntimeDirectory=ipvsync", "RuntimeDirectoryPreserve=yes",
-            "Wants=network-online.target", "ProtectSystem=strict",
-            "ProtectHome=yes", "PrivateTmp=yes", "KillMode=mixed", "WantedBy=multi-user.target"]
+    want = [
+        "Type=notify",
+        "ExecStartPre=/usr/bin/ipvsync check -c /etc/ipvsync/ipvsync.yaml",
+        "ExecStart=/usr/bin/ipvsync run",
+        "ExecReload=/usr/bin/ipvsync reload",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=1",
+        "WatchdogSec=30s",
+        "ConfigurationDirectory=ipvsync",
+        "StateDirectory=ipvsync",
+        "RuntimeDirectory=ipvsync",
+        "RuntimeDirectoryPreserve=yes",
+        "Wants=network-online.target",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "KillMode=mixed",
+        "WantedBy=multi-user.target",
+    ]
     lines = set(unit.splitlines())
     assert [w for w in want if w not in lines] == []
     after = next(ln for ln in unit.splitlines() if ln.startswith("After="))
     assert "network-online.target" in after.split("=", 1)[1].split()
     caps = next(ln for ln in unit.splitlines() if ln.startswith("CapabilityBoundingSet="))
-    assert set(caps.split("=", 1)[1].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID",
-                                                   "CAP_KILL"}
+    assert set(caps.split("=", 1)[1].split()) == {
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_KILL",
+    }
     if shutil.which("systemd-analyze"):
-        r = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no",
-                            str(PKG / "systemd/ipvsync.service")], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "systemd-analyze",
+                "verify",
+                "--man=no",
+                "--generators=no",
+                str(PKG / "systemd/ipvsync.service"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         problems = [ln for ln in r.stderr.splitlines() if "is not executable" not in ln and ln.strip()]
         assert problems == [], r.stderr
