@@ -45,9 +45,7 @@ def build_status(daemon: Any, only: str | None = None) -> dict[str, Any]:
         for rs in svc.real_servers:
             kd = have.dests.get(rs.key) if have else None
             wd = want.dests.get(rs.key) if want else None
-            h = (hsvc.get(svc.name) or {}).get(str(rs.key), {}) if isinstance(hsvc, dict) else {}
-            if isinstance(h, dict) and "real_servers" in h:
-                h = h["real_servers"].get(str(rs.key), {})
+            h = ((hsvc.get(svc.name) or {}).get("real_servers") or {}).get(str(rs.key), {})
             op = daemon.state.operator_drains.get(f"{svc.name}|{rs.key}")
             if op is not None:
                 state = "drained-by-operator"
