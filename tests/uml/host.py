@@ -136,13 +136,8 @@ class UmlRunner:
         self.tb = tb
         wanted = max(1, env_int("IPVSYNC_UML_SHARDS", DEFAULT_SHARDS))
         count = max(1, min(wanted, len(nodeids)))
-        logdir = os.environ.get("IPVSYNC_UML_LOGDIR")
-        if logdir:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
-        self.base = Path(tempfile.mkdtemp(prefix="ipvsync-uml-", dir=logdir or None))
-        self.shards = [
-            Shard(i, nodeids[i::count], self.base / f"shard-{i}") for i in range(count)
-        ]
+        self.base = Path()  # set by start()
+        self.shards = [Shard(i, nodeids[i::count], Path()) for i in range(count)]
         self.by_nodeid = {nid: s for s in self.shards for nid in s.nodeids}
         self.started = False
 
@@ -153,7 +148,12 @@ class UmlRunner:
         if self.started:
             return
         self.started = True
+        logdir = os.environ.get("IPVSYNC_UML_LOGDIR")
+        if logdir:
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+        self.base = Path(tempfile.mkdtemp(prefix="ipvsync-uml-", dir=logdir or None))
         for shard in self.shards:
+            shard.directory = self.base / f"shard-{shard.index}"
             self._boot(shard)
 
     def _boot(self, shard: Shard) -> None:
