@@ -31,7 +31,8 @@ class DaemonCollector:
         d = self.daemon
         cfg = d.config
         labels = ["service", "real_server"]
-        up = GaugeMetricFamily("ipvsync_real_server_up", "1 when health checks say the real server is up", labels=labels)
+        up = GaugeMetricFamily("ipvsync_real_server_up", "1 when health checks say the real server is up",
+                               labels=labels)
         cw = GaugeMetricFamily("ipvsync_real_server_configured_weight", "Weight in the config", labels=labels)
         ew = GaugeMetricFamily("ipvsync_real_server_effective_weight",
                                "Weight in the kernel (after health, drains, slow start)", labels=labels)

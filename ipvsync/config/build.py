@@ -305,7 +305,8 @@ class _Builder:
                 raise ValueError
             return ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
         except ValueError:
-            allowed = "a prefix length /1 to /128" if family == AF_INET6 else "a netmask like 255.255.255.0 or /1 to /32"
+            allowed = ("a prefix length /1 to /128" if family == AF_INET6
+                       else "a netmask like 255.255.255.0 or /1 to /32")
             self.err(doc, path, f"{text!r} is not a valid persistence netmask; expected {allowed}")
             return full
 

@@ -28,6 +28,7 @@ def schema_path() -> FsPath:
         here.parent.parent / "schemas" / SCHEMA_NAME,
         here.parent / "data" / SCHEMA_NAME,
         FsPath(sys.prefix) / "share" / "ipvsync" / SCHEMA_NAME,
+        FsPath(sys.prefix) / "share" / "ipvsync" / "schemas" / SCHEMA_NAME,
         FsPath("/usr/local/share/ipvsync") / SCHEMA_NAME,
         FsPath("/usr/share/ipvsync") / SCHEMA_NAME,
     ]
@@ -87,7 +88,8 @@ def _message(error: Any) -> str:
     if v == "const":
         return f"{inst!r} is not allowed; expected {error.validator_value!r}"
     if v == "oneOf" and error.schema.get("description"):
-        return f"{inst!r} is not valid: expected {error.schema['description'][0].lower()}{error.schema['description'][1:]}"
+        desc = error.schema["description"]
+        return f"{inst!r} is not valid: expected {desc[0].lower()}{desc[1:]}"
     if v == "propertyNames":
         return f"{error.message}"
     if v == "pattern" and error.schema.get("description"):

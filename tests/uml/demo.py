@@ -60,7 +60,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ipvsync-demo-"))
     cfg = work / "ipvsync.yaml"
     servers = [h.ip4 for h in topo.servers]
-    names = {h.ip4: h.name for h in topo.servers}
     procs = {h.name: h.serve_whoami(port=80) for h in topo.servers}
     config(cfg, (1, 1, 1), servers)
     py = [sys.executable, "-m", "ipvsync"]
@@ -118,7 +117,7 @@ def main() -> int:
     assert victim.name not in c, "a connection went to the dead server"
     show(ipvsync("status"))
 
-    say(f"restart it: back in rotation after rise=2 passing checks")
+    say("restart it: back in rotation after rise=2 passing checks")
     procs[victim.name] = victim.serve_whoami(port=80)
     took = wait_weight(victim.ip4, 1)
     print(f"   back at weight 1 after {took:.1f} s")
