@@ -78,6 +78,14 @@ check start-active test "$(systemctl is-active ipvsync)" = active
 check start-ipvsadm ipvs_is "${BASE[@]}" "-a -t 192.0.2.10:80 -r 198.51.101.12:8080 -m -w 3"
 check start-vip-bound sh -c 'ip -o addr show dev ipvsync0 | grep -q "192.0.2.10/"'
 check start-sysctl-ip_forward test "$(cat /proc/sys/net/ipv4/ip_forward)" = 1
+# the sandbox is in force (UML's kernel supports what the unit asks for) and does not get in the way
+pid=$(systemctl show -p MainPID --value ipvsync)
+echo "INFO sandbox $(grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ')" >> "$R"
+check sandbox-capabilities grep -qx "CapBnd:[[:space:]]*00000000000030e0" /proc/$pid/status
+check sandbox-no-new-privs grep -qx "NoNewPrivs:[[:space:]]*1" /proc/$pid/status
+check sandbox-read-only-etc sh -c "! nsenter -t $pid -m touch /etc/ipvsync-e2e-probe 2>/dev/null && test ! -e /etc/ipvsync-e2e-probe"
+# wrr was not loaded before: the kernel loaded it on demand despite ProtectKernelModules=yes
+check scheduler-module-loaded-on-demand grep -q "^ip_vs_wrr " /proc/modules
 check start-traffic ip netns exec client python3 -c '
 import urllib.request; body = urllib.request.urlopen("http://192.0.2.10/", timeout=3).read()
 assert body.startswith(b"hello from rs"), body'
