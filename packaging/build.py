@@ -59,8 +59,12 @@ DEB_UNITDIR = "/lib/systemd/system"  # Debian 12 still ships units under /lib (m
 RPM_UNITDIR = "/usr/lib/systemd/system"
 
 
+# Where the code, schema and example come from: the work tree, or `--git-ref REF` exported.
+SRC = ROOT
+
+
 def version() -> str:
-    text = (ROOT / "ipvsync" / "__init__.py").read_text()
+    text = (SRC / "ipvsync" / "__init__.py").read_text()
     m = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
     if not m:
         sys.exit("build.py: no __version__ in ipvsync/__init__.py")
@@ -70,12 +74,24 @@ def version() -> str:
 def python_sources() -> list[Path]:
     """The package's modules and data files (no byte-code, no caches)."""
     out = []
-    for p in sorted((ROOT / "ipvsync").rglob("*")):
+    for p in sorted((SRC / "ipvsync").rglob("*")):
         if "__pycache__" in p.parts or not p.is_file():
             continue
         if p.suffix in (".py", ".json", ".typed"):
             out.append(p)
     return out
+
+
+def export_ref(ref: str, dest: Path) -> None:
+    """`git archive REF` of the package sources into dest; SRC points there afterwards."""
+    global SRC
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "ipvsync", "schemas",
+                              "ipvsync.yaml.example"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    SRC = dest
 
 
 def find_nfpm() -> str:
@@ -109,7 +125,7 @@ def stage(build: Path) -> Path:
     if st.exists():
         shutil.rmtree(st)
     for src in python_sources():
-        dst = st / "pkg" / src.relative_to(ROOT)
+        dst = st / "pkg" / src.relative_to(SRC)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
     gz(HERE / "man" / "ipvsync.8", st / "man" / "ipvsync.8.gz")
@@ -130,7 +146,7 @@ def contents(st: Path, fmt: str) -> list[dict]:
         f(HERE / "systemd" / "ipvsync.service", f"{unitdir}/ipvsync.service"),
         f(HERE / "modules-load.d" / "ipvsync.conf", "/usr/lib/modules-load.d/ipvsync.conf"),
         f(HERE / "etc" / "ipvsync.yaml", "/etc/ipvsync/ipvsync.yaml", 0o644, type="config|noreplace"),
-        f(ROOT / "schemas" / "ipvsync.schema.json", "/usr/share/ipvsync/ipvsync.schema.json"),
+        f(SRC / "schemas" / "ipvsync.schema.json", "/usr/share/ipvsync/ipvsync.schema.json"),
         f(
             ROOT / "ipvsync.yaml.example",
             "/usr/share/doc/ipvsync/examples/ipvsync.yaml.example",
@@ -209,11 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "dist"))
     ap.add_argument("--formats", default="deb,rpm")
     ap.add_argument("--release", default="1")
+    ap.add_argument("--git-ref", help="package ipvsync/, schemas/ and the example as committed at this ref "
+                    "(default: the work tree)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     build = ROOT / "build" / "packaging"
     build.mkdir(parents=True, exist_ok=True)
+    if args.git_ref:
+        export_ref(args.git_ref, build / "src")
     st = stage(build)
     nfpm = find_nfpm()
     env = dict(os.environ, SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))

@@ -80,6 +80,8 @@ class Doc:
             return "one of: " + ", ".join(str(v) for v in s["enum"])
         if "oneOf" in s:
             return " or ".join(self.type_of(alt) for alt in s["oneOf"])
+        if "if" in s and "then" in s and "else" in s:
+            return " or ".join(self.type_of(alt) for alt in (s["then"], s["else"]))
         t = s.get("type")
         if t == "array":
             items = s.get("items", {})
@@ -173,8 +175,9 @@ class Doc:
     def sections(self) -> list[Section]:
         d = self.defs
         common_keys = tuple(d["common"]["properties"])
-        rs_obj = next(alt for alt in d["real_server"]["oneOf"] if alt.get("type") == "object")
-        rs_str = next(alt for alt in d["real_server"]["oneOf"] if alt.get("type") == "string")
+        alts = d["real_server"].get("oneOf") or [d["real_server"]["then"], d["real_server"]["else"]]
+        rs_obj = next(alt for alt in alts if alt.get("type") == "object")
+        rs_str = next(alt for alt in alts if alt.get("type") == "string")
         return [
             Section("Top-level keys", self.schema.get("description", ""), self.entries(self.schema)),
             Section(

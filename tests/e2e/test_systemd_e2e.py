@@ -129,7 +129,8 @@ def prepare(run: Run) -> None:
     )
     dist = run.work / "dist"
     subprocess.run(
-        [sys.executable, str(ROOT / "packaging" / "build.py"), "--formats", "deb", "--out", str(dist)],
+        [sys.executable, str(ROOT / "packaging" / "build.py"), "--formats", "deb", "--out", str(dist)]
+        + (["--git-ref", os.environ["IPVSYNC_E2E_GIT_REF"]] if os.environ.get("IPVSYNC_E2E_GIT_REF") else []),
         check=True,
         capture_output=True,
         timeout=600,
@@ -177,6 +178,11 @@ def prepare(run: Run) -> None:
     wants = run.rootfs / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     (wants / "ipvsync-e2e.service").symlink_to("/etc/systemd/system/ipvsync-e2e.service")
+    # units that only cost boot time under UML
+    for unit in ("e2scrub_reap.service", "systemd-update-utmp-runlevel.service", "man-db.timer"):
+        mask = run.rootfs / "etc/systemd/system" / unit
+        if not mask.exists():
+            mask.symlink_to("/dev/null")
     (run.rootfs / "etc/resolv.conf").unlink()
 
 

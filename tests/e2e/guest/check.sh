@@ -80,7 +80,7 @@ check start-vip-bound sh -c 'ip -o addr show dev ipvsync0 | grep -q "192.0.2.10/
 check start-sysctl-ip_forward test "$(cat /proc/sys/net/ipv4/ip_forward)" = 1
 # the sandbox is in force (UML's kernel supports what the unit asks for) and does not get in the way
 pid=$(systemctl show -p MainPID --value ipvsync)
-echo "INFO sandbox $(grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ')" >> "$R"
+echo "INFO sandbox $(grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ')" >> "$R"
 check sandbox-capabilities grep -qx "CapBnd:[[:space:]]*00000000000030e0" /proc/$pid/status
 check sandbox-no-new-privs grep -qx "NoNewPrivs:[[:space:]]*1" /proc/$pid/status
 check sandbox-read-only-etc sh -c "! nsenter -t $pid -m touch /etc/ipvsync-e2e-probe 2>/dev/null && test ! -e /etc/ipvsync-e2e-probe"
