@@ -9,8 +9,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import ipaddress
+import json
 import os
 import re
+from functools import lru_cache
 from typing import Any
 
 from ipvsync.config.load import ConfigError, ConfigInvalid, Document, Path, parse
@@ -38,6 +40,12 @@ from ipvsync.model import (
     ServiceKey,
     SyncDaemon,
 )
+
+@lru_cache(maxsize=65536)
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress.ip_address, memoised: a 10k-real-server config parses the same text often."""
+    return ipaddress.ip_address(text)
+
 
 BUILTIN_DEFAULTS: dict[str, Any] = {"protocol": "tcp", "scheduler": "wlc", "forward": "nat", "weight": 1}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
@@ -86,7 +94,7 @@ def split_real_server(text: str, default_port: int) -> tuple[str, int]:
     else:
         addr, port_text = text, ""
     try:
-        ip = ipaddress.ip_address(addr)
+        ip = ip_address(addr)
     except ValueError:
         raise ValueError(f"{addr!r} is not an IPv4 or IPv6 address") from None
     if port_text == "":
@@ -121,7 +129,7 @@ class _Builder:
 
     def address(self, doc: Document, path: Path, text: Any) -> str | None:
         try:
-            ip = ipaddress.ip_address(str(text))
+            ip = ip_address(str(text))
         except ValueError:
             self.err(doc, path, f"{text!r} is not an IPv4 or IPv6 address")
             return None
@@ -329,7 +337,7 @@ class _Builder:
             raw = item
             port = item.get("port", svc_port)
             port_given = "port" in item
-        ip = ipaddress.ip_address(addr)
+        ip = ip_address(addr)
         if ip.is_unspecified or ip.is_multicast:
             self.err(doc, path, f"{addr} is not a unicast address")
             return None
@@ -366,6 +374,9 @@ class _Builder:
 def _line_col(data: bytes, offset: int) -> tuple[int, int]:
     """1-based line and column (in bytes) of a byte offset, for errors found before YAML parsing."""
     return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
+_SERVICE_CACHE: dict[tuple[str, int, str, str, str], Service] = {}
 
 
 def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Document, str]:
@@ -433,6 +444,7 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
     defaults = data.get("defaults", {})
     if "health" in defaults:
         b.health(main, ("defaults", "health"), defaults["health"])
+    defaults_json = json.dumps(defaults, sort_keys=True, default=str)
     services: list[Service] = []
     names: dict[str, Origin] = {}
     keys: dict[ServiceKey, Service] = {}
@@ -444,12 +456,21 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
                                   f"{names[name].line})")
                 continue
             names[name] = b.origin(doc, spath)
-            if "health" in raw:
-                b.health(doc, spath + ("health",), raw["health"])
-            for j, rs in enumerate(raw.get("real_servers", [])):
-                if isinstance(rs, dict) and "health" in rs:
-                    b.health(doc, spath + ("real_servers", j, "health"), rs["health"])
-            svc = b.service(doc, name, raw, defaults, main)
+            ckey = (doc.file, doc.where(spath)[0], name, json.dumps(raw, sort_keys=True, default=str),
+                    defaults_json)
+            svc = _SERVICE_CACHE.get(ckey)
+            if svc is None:
+                n_err = len(b.errors)
+                if "health" in raw:
+                    b.health(doc, spath + ("health",), raw["health"])
+                for j, rs in enumerate(raw.get("real_servers", [])):
+                    if isinstance(rs, dict) and "health" in rs:
+                        b.health(doc, spath + ("real_servers", j, "health"), rs["health"])
+                svc = b.service(doc, name, raw, defaults, main)
+                if svc is not None and len(b.errors) == n_err:
+                    if len(_SERVICE_CACHE) > 50_000:
+                        _SERVICE_CACHE.clear()
+                    _SERVICE_CACHE[ckey] = svc
             if svc is None:
                 continue
             if svc.key in keys:

@@ -82,7 +82,7 @@ def format_path(path: Path) -> str:
 
 def _scalar(node: yaml.ScalarNode, doc: Document, path: Path, errors: list[ConfigError]) -> Any:
     text = node.value
-    if node.style is not None:  # quoted or block scalar: always a string
+    if node.style:  # quoted or block scalar: always a string (plain is None, or "" from libyaml)
         return text
     if not node.tag.startswith("tag:yaml.org,2002:") or node.tag.rsplit(":", 1)[-1] in (
             "binary", "set", "omap", "pairs") or node.tag.startswith("tag:yaml.org,2002:python"):
@@ -148,7 +148,11 @@ def parse(text: str, file: str) -> Document:
     """Parse one YAML document into plain values with marks; raise ConfigInvalid on any problem."""
     doc = Document(file, None)
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        try:
+            nodes = list(yaml.compose_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        except yaml.YAMLError:
+            # libyaml is fast; the pure-Python parser words its errors better: re-parse for the message
+            nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
