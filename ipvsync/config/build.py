@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +41,7 @@ from ipvsync.model import (
     ServiceKey,
     SyncDaemon,
 )
+
 
 @lru_cache(maxsize=65536)
 def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -379,9 +381,18 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
 _SERVICE_CACHE: dict[tuple[str, int, str, str, str], Service] = {}
 
 
+MAX_CONFIG_BYTES = 64 << 20
+
+
 def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Document, str]:
-    with open(path, "rb") as fh:
-        data = fh.read()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigInvalid([ConfigError(path, 0, 0, "", "not a regular file; expected a YAML file")])
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigInvalid([ConfigError(path, 0, 0, "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB; refusing to parse")])
     digest = hashlib.sha256(data).hexdigest()
     if cache is not None and path in cache and cache[path][0] == digest:
         return cache[path][1], digest
