@@ -207,8 +207,7 @@ class Daemon:
         p = plan(desired, observed, self.state.owned, sync_daemons=config.sync_daemons,
                  timeouts=config.ipvs_timeouts)
         if not p:
-            self.last_apply = ApplyResult(p)
-            return self.last_apply
+            return ApplyResult(p)  # keep last_apply: the last apply that changed something (metrics)
         result = self.applier.converge(desired, observed, self.state, sync_daemons=config.sync_daemons,
                                        timeouts=config.ipvs_timeouts, first_plan=p)
         self.counters["applies"] += 1

@@ -105,13 +105,26 @@ def build_status(daemon: Any, only: str | None = None) -> dict[str, Any]:
     }
 
 
+def _num(value: int, width: int) -> str:
+    """`value` in at most `width` characters: 1234567 -> 1M when it does not fit."""
+    text = str(value)
+    if len(text) <= width:
+        return text
+    for div, suffix in ((10**3, "k"), (10**6, "M"), (10**9, "G"), (10**12, "T"), (10**15, "P")):
+        short = f"{value // div}{suffix}"
+        if len(short) <= width:
+            return short
+    return text[:width]
+
+
 def render(doc: dict[str, Any], color: bool = False, width: int = 80) -> str:
-    """Human text, at most `width` columns."""
+    """Human text, at most `width` (>= 80) columns; ANSI colour only when `color`."""
     def c(text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[0m" if color else text
 
     colors = {"up": "32", "down": "31", "rising": "33", "falling": "33", "draining": "36",
               "drained-by-operator": "36"}
+    # 2 + 23 + 1 + 9 + 1 + 20 + 5 + 1 + 6 + 1 + 6 + 1 + 4 = 80 columns
     out = []
     d = doc.get("daemon", {})
     out.append(f"ipvsync: {d.get('status', '')}"[:width])
@@ -119,6 +132,9 @@ def render(doc: dict[str, Any], color: bool = False, width: int = 80) -> str:
     if lr:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lr["time"]))
         out.append(f"last reload: {when} {lr['result']}: {lr['message']}"[:width])
+        if lr.get("result") != "applied":
+            for e in lr.get("errors", [])[:3]:
+                out.append(f"  {e}"[:width])
     for s in doc.get("services", []):
         head = f"{s['name']}  {s['key']}  {s['scheduler']}"
         if s.get("below_quorum"):
@@ -127,16 +143,23 @@ def render(doc: dict[str, Any], color: bool = False, width: int = 80) -> str:
             head += "  (not in kernel)"
         out.append("")
         out.append(head[:width])
-        out.append(f"  {'REAL SERVER':<26}{'WEIGHT':>9} {'HEALTH':<13}{'SINCE':>6}{'ACT':>7}{'INACT':>7}{'CPS':>6}")
+        out.append(f"  {'REAL SERVER':<23} {'WEIGHT':>9} {'HEALTH':<20}{'SINCE':>5} {'ACT':>6} {'INACT':>6} "
+                   f"{'CPS':>4}")
         for r in s["real_servers"]:
             cw = "-" if r["configured_weight"] is None else str(r["configured_weight"])
             ew = "-" if r["effective_weight"] is None else str(r["effective_weight"])
             w = f"{ew}/{cw}"
+            if len(w) > 9:
+                w = f"{_num(int(ew), 4) if ew != '-' else ew}/{_num(int(cw), 4) if cw != '-' else cw}"
             h = r["health"] + ("!" if r.get("flapping") else "")
-            hs = f"{h:<13}"
-            line = (f"  {r['real_server'][:26]:<26}{w:>9} {c(hs, colors.get(r['health'], '0'))}"
-                    f"{_since(r.get('since')):>6}{r['active_connections']:>7}{r['inactive_connections']:>7}"
-                    f"{r['connections_per_second']:>6}")
+            hs = f"{h:<20}"
+            name = r["real_server"]
+            if len(name) > 23:  # a long IPv6 address: on its own line, the numbers below it
+                out.append(f"  {name}"[:width])
+                name = ""
+            line = (f"  {name:<23} {w:>9} {c(hs, colors.get(r['health'], '0'))}"
+                    f"{_since(r.get('since')):>5} {_num(r['active_connections'], 6):>6} "
+                    f"{_num(r['inactive_connections'], 6):>6} {_num(r['connections_per_second'], 4):>4}")
             out.append(line)
             if r.get("last_failure") and r["health"] != "up":
                 out.append(f"      last failure: {r['last_failure']}"[:width])
