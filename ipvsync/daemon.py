@@ -168,8 +168,11 @@ class Daemon:
         return self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
             self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None)
 
-    def desired_for(self, config: Config, observed: Observed, now_mono: float) -> tuple[Desired, Desired]:
-        """(effective desired, declared desired) for a config against the observed kernel."""
+    def desired_for(self, config: Config, observed: Observed, now_mono: float,
+                    commit: bool = True) -> tuple[Desired, Desired]:
+        """(effective desired, declared desired) for a config against the observed kernel.
+
+        With commit=False (status, plan previews) quorum and drain records are computed, not kept."""
         declared = from_config(config)
         desired = declared
         if self.health is not None:
@@ -179,13 +182,17 @@ class Daemon:
                          if rs_id_key(svc.name, rs.key) in self.state.operator_drains}
             verdicts = self.health.verdicts()  # frozen by the monitor while paused (ha_suspend)
             file_weights = self.health.file_weights()
-            desired, self.quorum = evaluate(declared, config, verdicts, op_drains, file_weights, now_mono,
-                                            self.quorum or QuorumState(), self.health.first_round_done)
-        desired, self.state.drains, events = apply_drains(
+            desired, quorum = evaluate(declared, config, verdicts, op_drains, file_weights, now_mono,
+                                       self.quorum or QuorumState(), self.health.first_round_done)
+            if commit:
+                self.quorum = quorum
+        desired, drains, events = apply_drains(
             desired, declared, observed, self.state.owned, self.state.drains, time.time(),
             self.drain_timeouts)
-        for ev in events:
-            log.info(ev)
+        if commit:
+            self.state.drains = drains
+            for ev in events:
+                log.info(ev)
         return desired, declared
 
     def _log_ops(self, result: ApplyResult, names: dict[ServiceKey, str], drift: bool) -> None:
@@ -481,7 +488,7 @@ class Daemon:
         if cmd == "plan":
             assert self.config is not None
             observed = self.observe(self.config)
-            desired, _ = self.desired_for(self.config, observed, time.monotonic())
+            desired, _ = self.desired_for(self.config, observed, time.monotonic(), commit=False)
             p = plan(desired, observed, self.state.owned, sync_daemons=self.config.sync_daemons,
                      timeouts=self.config.ipvs_timeouts)
             return {"ok": True, "config_file": self.config_path, "text": p.text(), "operations": p.to_json()}

@@ -28,6 +28,16 @@ class DaemonCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
+        # the daemon's loop may swap its config or verdicts mid-scrape: retry on a torn read
+        for attempt in range(3):
+            try:
+                return iter(list(self._collect()))
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+        return iter(())
+
+    def _collect(self) -> Iterator[Any]:
         d = self.daemon
         cfg = d.config
         labels = ["service", "real_server"]
@@ -69,6 +79,18 @@ class DaemonCollector:
                     if kd is None:
                         ew.add_metric(lv, 0)
                         continue
+                    ew.add_metric(lv, kd.attrs.weight)
+                    act.add_metric(lv, kd.stats.active)
+                    ina.add_metric(lv, kd.stats.inactive)
+                    conns.add_metric(lv, kd.stats.conns)
+                    pin.add_metric(lv, kd.stats.inpkts)
+                    pout.add_metric(lv, kd.stats.outpkts)
+                    bin_.add_metric(lv, kd.stats.inbytes)
+                    bout.add_metric(lv, kd.stats.outbytes)
+                for dk, kd in (have.dests.items() if have else ()):
+                    if svc.real_server(dk) is not None:
+                        continue  # draining after leaving the config: still carries connections
+                    lv = [svc.name, str(dk)]
                     ew.add_metric(lv, kd.attrs.weight)
                     act.add_metric(lv, kd.stats.active)
                     ina.add_metric(lv, kd.stats.inactive)

@@ -32,7 +32,7 @@ def _since(t: float | None) -> str:
 def build_status(daemon: Any, only: str | None = None) -> dict[str, Any]:
     cfg = daemon.config
     observed = daemon.observe(cfg)
-    desired, _ = daemon.desired_for(cfg, observed, time.monotonic())
+    desired, _ = daemon.desired_for(cfg, observed, time.monotonic(), commit=False)
     health = daemon.health.status() if daemon.health is not None else {}
     hsvc = health.get("services", health) if isinstance(health, dict) else {}
     services = []
