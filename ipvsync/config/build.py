@@ -392,7 +392,8 @@ def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Doc
             raise ConfigInvalid([ConfigError(path, 0, 0, "", "not a regular file; expected a YAML file")])
         data = fh.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigInvalid([ConfigError(path, 0, 0, "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB; refusing to parse")])
+        too_big = f"larger than {MAX_CONFIG_BYTES >> 20} MiB; refusing to parse"
+        raise ConfigInvalid([ConfigError(path, 0, 0, "", too_big)])
     digest = hashlib.sha256(data).hexdigest()
     if cache is not None and path in cache and cache[path][0] == digest:
         return cache[path][1], digest
