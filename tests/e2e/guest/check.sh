@@ -148,6 +148,20 @@ check restart-zero-failed-connections sh -c 'grep -q "failed=0 " /e2e/client.out
 check restart-active test "$(systemctl is-active ipvsync)" = active
 check restart-state ipvs_is "${BASE[@]}" "-a -t 192.0.2.10:80 -r 198.51.101.12:8080 -m -w 7"
 
+# -- 6b. an invalid config at (re)start: ExecStartPre fails with FILE:LINE, the kernel keeps serving --
+since=$(date '+%Y-%m-%d %H:%M:%S')
+sleep 1
+write_conf 7 "      - {address: 198.51.100.13, port: 99999}"
+bad_line=$(grep -n 99999 "$CONF" | cut -d: -f1)
+out=$(systemctl restart ipvsync 2>&1); rc=$?
+check invalid-start-fails test "$rc" -ne 0
+check invalid-start-journal-file-line sh -c "journalctl -u ipvsync --since '$since' --no-pager -o cat | grep -F '$CONF:$bad_line'"
+check invalid-start-kernel-kept ipvs_is "${BASE[@]}" "-a -t 192.0.2.10:80 -r 198.51.101.12:8080 -m -w 7"
+write_conf 7 ""
+systemctl reset-failed ipvsync 2>/dev/null
+check fixed-start-rc systemctl start ipvsync
+check fixed-start-active test "$(systemctl is-active ipvsync)" = active
+
 # -- 7. remove keeps the kernel state; purge removes config and state --------------------------------
 check remove-rc sh -c 'DEBIAN_FRONTEND=noninteractive dpkg --remove ipvsync'
 check remove-stopped sh -c '! systemctl is-active --quiet ipvsync'
