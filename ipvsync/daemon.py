@@ -46,6 +46,7 @@ log = logging.getLogger("ipvsync.daemon")
 
 POLL_INTERVAL = 30.0
 SETTLE = 0.05  # seconds to fold an editor's burst of events into one reload
+WRITE_WAIT = 2.0  # at most this long for an in-place writer (truncate + write) to close the config file
 MAX_BACKOFF = 60.0
 DRAIN_POLL = 1.0
 DATA_PATH_SYSCTLS = ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template",
@@ -111,6 +112,7 @@ class Daemon:
         self.reload_lock = asyncio.Lock()
         self.wakeup = asyncio.Event()
         self.pending: set[str] = set()
+        self.writing: set[str] = set()  # config files modified in place and not closed yet
         self.stopping = False
         self.failures = 0
         self.next_allowed = 0.0
@@ -457,7 +459,7 @@ class Daemon:
                 self.notifier.watchdog()
             if cfg.external_state_file and self._check_external_state():
                 self.kick("external")
-            step = DRAIN_POLL if (self.state.drains or cfg.external_state_file) else 5.0
+            step = DRAIN_POLL if (self.state.drains or cfg.external_state_file) else min(5.0, cfg.reconcile_interval)
             if wd:
                 step = min(step, wd)
             await asyncio.sleep(step)
@@ -470,6 +472,10 @@ class Daemon:
                 break
             if "file" in self.pending:
                 await asyncio.sleep(SETTLE)  # fold a burst of editor events
+                deadline = time.monotonic() + WRITE_WAIT
+                while self.writing and time.monotonic() < deadline:
+                    await asyncio.sleep(SETTLE)  # never read a file half written in place (cp, >)
+                self.writing.clear()
             await self.tick()
 
     # ---------------------------------------------------------------------------------------- control
@@ -544,9 +550,11 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):  # type: ignore[misc]
             def on_any_event(self, event: Any) -> None:
-                if getattr(event, "event_type", "") in ("opened", "closed_no_write"):
+                kind = getattr(event, "event_type", "")
+                if kind in ("opened", "closed_no_write"):
                     return
-                loop.call_soon_threadsafe(daemon.kick, "file")
+                path = "" if getattr(event, "is_directory", False) else os.fsdecode(event.src_path)
+                loop.call_soon_threadsafe(daemon.file_event, kind, path)
 
         observer = Observer()
         dirs = {os.path.dirname(self.config_path)}
@@ -557,6 +565,15 @@ class Daemon:
         observer.daemon = True
         observer.start()
         self.observer = observer
+
+    def file_event(self, kind: str, path: str) -> None:
+        """A watched directory changed; a source file modified in place is read once it is closed."""
+        if path and os.path.abspath(path) in self._source_files():
+            if kind == "modified":
+                self.writing.add(path)
+            elif kind in ("closed", "deleted", "moved"):
+                self.writing.discard(path)
+        self.kick("file")
 
     def start_rtnl(self, loop: asyncio.AbstractEventLoop) -> None:
         from ipvsync.kernel.rtnl import subscribe
