@@ -96,6 +96,8 @@ def _leaf_errors(error: Any) -> list[Any]:
 def _message(error: Any) -> str:
     v = error.validator
     inst = error.instance
+    if isinstance(error.schema, dict) and error.schema.get("x-message") and v in ("pattern", "type"):
+        return f"{inst!r}: {error.schema['x-message']}"
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
