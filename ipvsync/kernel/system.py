@@ -65,6 +65,7 @@ class Kernel:
         self.ipvs = IpvsSocket()
         self.rtnl = Rtnl()
         self.links = LinkWriter()
+        self._dummy: dict[str, bool] = {}  # interface -> is a dummy (no ARP needed), per interface
 
     def close(self) -> None:
         self.ipvs.close()
@@ -93,8 +94,10 @@ class Kernel:
             timeouts=self.ipvs.config() if timeouts else None)
 
     def is_dummy(self, name: str) -> bool:
-        link = self.rtnl.links().get(name)
-        return bool(link and link.kind == "dummy")
+        if name not in self._dummy:
+            link = self.rtnl.links().get(name)
+            self._dummy[name] = bool(link and link.kind == "dummy")
+        return self._dummy[name]
 
     def run_ipvs(self, ops: Sequence[Op]) -> list[int | None]:
         """One result per op: 0 done, errno failed, None not attempted (after a failed batch)."""
@@ -103,6 +106,8 @@ class Kernel:
     def run_other(self, op: Op) -> int:
         """A link or address operation; returns 0 or an errno."""
         try:
+            if isinstance(op, (CreateLink, DeleteLink)):
+                self._dummy.pop(op.name, None)
             if isinstance(op, CreateLink):
                 self.links.create_dummy(op.name)
             elif isinstance(op, DeleteLink):
