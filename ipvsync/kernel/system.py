@@ -81,6 +81,7 @@ class Kernel:
     def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False) -> Observed:
         services = self.ipvs.dump()
         links = self.rtnl.links()
+        self._dummy = {name: ln.kind == "dummy" for name, ln in links.items()}
         link = links.get(vip_interface)
         addresses: frozenset[Vip] = frozenset()
         if link is not None:
