@@ -739,5 +739,8 @@ def main(config_path: str, state_dir: str, runtime_dir: str, remove_on_exit: boo
         except OSError as exc:
             log.error("kernel error: %s", exc)
             return 4
+        except Exception:  # a crash must not look like "invalid config" (exit 1 is not restarted)
+            log.critical("ipvsync crashed; IPVS and VIPs stay in place", exc_info=True)
+            return 70  # EX_SOFTWARE: Restart=on-failure restarts it
     finally:
         lock.release()

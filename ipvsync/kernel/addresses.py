@@ -7,6 +7,7 @@ unsolicited neighbour advertisement tells the segment where the VIP now lives.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from collections.abc import Callable
@@ -89,8 +90,11 @@ class LinkWriter:
         if announce:
             try:
                 announce_vip(vip, index)
-            except OSError:
-                pass  # best effort: the neighbours learn it on their next ARP/ND anyway
+            except OSError as exc:  # best effort: the neighbours learn it on their next ARP/ND anyway
+                logging.getLogger("ipvsync.addresses").warning(
+                    "VIP %s bound on %s, but no gratuitous ARP/NA was sent (%s); with the packaged unit, "
+                    "allow AF_PACKET: /usr/share/doc/ipvsync/examples/systemd/garp.conf", vip.address,
+                    vip.interface, exc.strerror or exc, extra={"VIP": vip.address})
 
     def unbind(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(self._unbind, *args, **kwargs)
