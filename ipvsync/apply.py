@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as E
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -228,7 +229,8 @@ class Applier:
 
     def converge(self, desired: Desired, observed: Observed, state: State, *,
                  sync_daemons: tuple[SyncDaemon, ...] = (),
-                 timeouts: tuple[int, int, int] | None = None, first_plan: Plan | None = None) -> ApplyResult:
+                 timeouts: tuple[int, int, int] | None = None, first_plan: Plan | None = None,
+                 reobserve: Callable[[], Observed] | None = None) -> ApplyResult:
         """Plan and apply until the kernel matches, or roll back. Saves ownership in `state`."""
         t0 = time.monotonic()
         before = state.owned
@@ -262,8 +264,8 @@ class Applier:
             state.owned = owned
             if not replan:
                 break
-            observed = self.kernel.observe(desired.vip_interface, daemons=bool(sync_daemons),
-                                           timeouts=timeouts is not None)
+            observed = reobserve() if reobserve is not None else self.kernel.observe(
+                desired.vip_interface, daemons=bool(sync_daemons), timeouts=timeouts is not None)
             p = plan(desired, observed, owned, sync_daemons=sync_daemons, timeouts=timeouts)
         result.applied = done
         result.adopted = adopted

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ipvsync.apply import Applier, ApplyResult, FaultSeam
@@ -24,8 +24,9 @@ from ipvsync.config.load import ConfigInvalid, Document
 from ipvsync.config.spec import Config
 from ipvsync.desired import Desired, from_config
 from ipvsync.drain import apply_drains
-from ipvsync.model import DestKey, ServiceKey
+from ipvsync.model import DestKey, ServiceKey, Vip
 from ipvsync.plan import (
+    NO_ORIGIN,
     AddDest,
     AddService,
     BindVip,
@@ -36,6 +37,7 @@ from ipvsync.plan import (
     Observed,
     Op,
     Owned,
+    Plan,
     UnbindVip,
     plan,
 )
@@ -149,20 +151,17 @@ class Daemon:
         return h.hexdigest()
 
     def read_config(self) -> Config:
-        config = load_config(self.config_path, self.cache)
-        # remember include patterns for the raw digest (cheap change detection)
         try:
-            import yaml
-
-            with open(self.config_path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
-            self._include_patterns = tuple(data.get("include", []) or []) if isinstance(data, dict) else ()
-        except Exception:
-            self._include_patterns = ()
-        live = set(self._source_files())
-        for stale in [k for k in self.cache if k not in live]:
-            del self.cache[stale]
-        return config
+            return load_config(self.config_path, self.cache)
+        finally:
+            # include patterns for the raw digest (cheap change detection), from the parse just made
+            cached = self.cache.get(self.config_path)
+            data = cached[1].data if cached else None
+            inc = data.get("include") if isinstance(data, dict) else None
+            self._include_patterns = tuple(p for p in inc if isinstance(p, str)) if isinstance(inc, list) else ()
+            live = set(self._source_files())
+            for stale in [k for k in self.cache if k not in live]:
+                del self.cache[stale]
 
     # ---------------------------------------------------------------------------------------- kernel
 
@@ -208,17 +207,40 @@ class Daemon:
         for text in result.adopted:
             log.warning("adopted (made by another writer): %s", text)
 
-    def converge_with(self, config: Config, reason: str) -> ApplyResult:
-        """Observe, plan, apply for `config`; logs each change. Raises OSError on kernel errors."""
-        observed = self.observe(config)
+    def converge_with(self, config: Config, reason: str,
+                      scope: set[ServiceKey] | None = None) -> ApplyResult:
+        """Observe, plan, apply for `config`; logs each change. Raises OSError on kernel errors.
+
+        `scope` narrows the work to those services (a health verdict or a one-service edit must
+        not re-read 10,000 real servers); None means everything. Drift elsewhere is the periodic
+        reconcile's job."""
+        if scope is not None and not scope:
+            return ApplyResult(Plan(()))
+        observed = self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
+            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=scope)
+        old_drains = self.state.drains
         desired, _declared = self.desired_for(config, observed, time.monotonic())
+        owned = self.state.owned
+        if scope is not None:
+            # records of services outside the scope were not visited: keep them, and their VIPs
+            self.state.drains = {**{k: v for k, v in old_drains.items()
+                                    if k.split("|", 1)[0] not in {str(x) for x in scope}}, **self.state.drains}
+            vips = dict(desired.vips)
+            for rec in self.state.drains.values():
+                for addr in rec.get("vips", []):
+                    vips.setdefault(Vip(addr, desired.vip_interface), NO_ORIGIN)
+            desired = replace(desired, services={k: v for k, v in desired.services.items() if k in scope},
+                              vips=vips)
         assert self.applier is not None
-        p = plan(desired, observed, self.state.owned, sync_daemons=config.sync_daemons,
-                 timeouts=config.ipvs_timeouts)
+        p = plan(desired, observed, owned, sync_daemons=config.sync_daemons, timeouts=config.ipvs_timeouts)
         if not p:
             return ApplyResult(p)  # keep last_apply: the last apply that changed something (metrics)
-        result = self.applier.converge(desired, observed, self.state, sync_daemons=config.sync_daemons,
-                                       timeouts=config.ipvs_timeouts, first_plan=p)
+        # owned services outside the scope are safe: the planner only deletes what it observed
+        result = self.applier.converge(
+            desired, observed, self.state, sync_daemons=config.sync_daemons, timeouts=config.ipvs_timeouts,
+            first_plan=p, reobserve=lambda: self.kernel.observe(
+                config.vip_interface, daemons=bool(config.sync_daemons) or bool(self.state.owned.daemons),
+                timeouts=config.ipvs_timeouts is not None, only=scope))
         self.counters["applies"] += 1
         self.last_apply = result
         names = {**p.names}
@@ -240,9 +262,20 @@ class Daemon:
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.store.path, exc)
 
-    def deletion_guard(self, new: Config, observed: Observed) -> str | None:
+    def reload_scope(self, old: Config | None, new: Config) -> set[ServiceKey] | None:
+        """The services a reload must re-read and converge: those whose declaration changed, were
+        added or removed. None (everything) at start or when a global setting changed."""
+        if old is None or (old.vip_interface, old.vip_mode, old.sync_daemons, old.ipvs_timeouts, old.sysctls) != (
+                new.vip_interface, new.vip_mode, new.sync_daemons, new.ipvs_timeouts, new.sysctls):
+            return None
+        before = old.by_key()
+        scope = {s.key for s in new.services if before.get(s.key) != s}
+        scope |= {k for k in before if k not in {s.key for s in new.services}}
+        return scope
+
+    def deletion_guard(self, new: Config, live: set[ServiceKey]) -> str | None:
         """Refuse a reload that deletes every owned service (or more than max_delete)."""
-        owned_live = [k for k in self.state.owned.services if k in observed.services]
+        owned_live = [k for k in self.state.owned.services if k in live]
         if not owned_live:
             return None
         keys = {s.key for s in new.services}
@@ -289,8 +322,10 @@ class Daemon:
         old = self.config
         if old is not None and new.digest == old.digest and why != "start":
             return ReloadOutcome(0, "config unchanged", [], now)
-        observed = self.observe(new)
-        guard = self.deletion_guard(new, observed)
+        scope = self.reload_scope(old, new)
+        observed = self.kernel.observe(new.vip_interface, only=scope)
+        live_keys = {s.key for s in self.kernel.ipvs.services()} if scope is not None else set(observed.services)
+        guard = self.deletion_guard(new, live_keys)
         if guard:
             log.error("config rejected: %s", guard, extra={"CONFIG_FILE": new.file})
             return ReloadOutcome(1, guard, [f"{new.file}: {guard}"], now)
@@ -298,7 +333,7 @@ class Daemon:
         if self.health is not None:
             serving = self._serving(new, observed)
             self.health.update(new, serving, self.state.health if old is None else None)
-        result = self.converge_with(new, "reload")
+        result = self.converge_with(new, "reload", scope)
         if not result.ok:
             if old is not None and self.health is not None:
                 self.health.update(old, self._serving(old, observed), None)
@@ -401,11 +436,14 @@ class Daemon:
             self._check_external_state()
             reason = "reconcile" if "reconcile" in reasons else "kernel event" if "kernel" in reasons else \
                 sorted(reasons)[0]
+            scope = self.health_scope(reasons)
             try:
-                result = self.converge_with(self.config, reason)
+                result = self.converge_with(self.config, reason, scope)
             except OSError as exc:
                 log.error("converge failed: %s", exc)
                 result = None
+            if result is None or not result.ok:
+                self._last_health = {}  # re-derive everything on the next attempt
             if result is None or not result.ok:
                 self.failures += 1
                 backoff = min(MAX_BACKOFF, 2 ** min(self.failures, 6))
@@ -414,6 +452,32 @@ class Daemon:
             else:
                 self.failures = 0
                 self.next_allowed = 0.0
+
+    _last_health: dict[tuple[str, DestKey], tuple[bool, int | None]] = {}
+
+    def health_scope(self, reasons: set[str]) -> set[ServiceKey] | None:
+        """Services whose health verdicts changed since the last converge, when health (or slow
+        start) is the only reason to converge; None = converge everything."""
+        cfg = self.config
+        if cfg is None or self.health is None or not reasons <= {"health", "slow start"}:
+            return None
+        verdicts = self.health.verdicts()
+        fw = self.health.file_weights()
+        cur = {k: (h.is_up, fw.get(k)) for k, h in verdicts.items()}
+        prev = self._last_health
+        self._last_health = cur
+        if not prev:
+            return None
+        names = {k[0] for k in cur.keys() ^ prev.keys()} | {k[0] for k, v in cur.items() if prev.get(k) != v}
+        scope: set[ServiceKey] = set()
+        for svc in cfg.services:
+            if "slow start" in reasons and svc.slow_start > 0:
+                scope.add(svc.key)
+            if svc.name in names:
+                if svc.quorum or svc.withdraw_vip:
+                    return None  # quorum may move a VIP: look at everything
+                scope.add(svc.key)
+        return scope
 
     def _check_external_state(self) -> bool:
         """Follow the VIP owner's state file; True when it changed."""
@@ -532,7 +596,7 @@ class Daemon:
             log.info("operator undrain: %s of %s back in rotation (%s)", rs.key, svc.name, who, extra=fields)
         self._save_state()
         if cfg is not None:
-            self.converge_with(cfg, cmd)
+            self.converge_with(cfg, cmd, {svc.key})
         verb = "drained (weight 0 until undrain)" if cmd == "drain" else "undrained"
         return {"ok": True, "message": f"{rs.key} of {svc.name} {verb}"}
 

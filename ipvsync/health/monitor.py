@@ -40,6 +40,10 @@ RsId = tuple[str, DestKey]
 SNAPSHOT_VERSION = 1
 
 
+STALL_FACTOR = 1.5  # a timeout observed after more than 1.5x its length (+ slack) is the daemon's stall
+STALL_SLACK = 0.2
+
+
 class _Job:
     """One probe schedule shared by every subscriber with the same (spec, interval)."""
 
@@ -383,13 +387,21 @@ class HealthMonitor:
             if was_full:
                 self._wake()
             return
+        now = self.clock()
+        if (not result.ok and result.reason == "timeout"
+                and now - start > job.spec.timeout * STALL_FACTOR + STALL_SLACK):
+            # the timeout fired long after its deadline: this process was stalled (a long apply,
+            # a busy CPU), not the server slow. Inconclusive: no verdict, probe again right away.
+            self._push(now, job)
+            if was_full:
+                self._wake()
+            return
         if self.on_probe is not None:
             try:
                 self.on_probe(job.spec, result)
             except Exception:
                 log.exception("on_probe callback failed")
         self._apply(job, result)
-        now = self.clock()
         due = start + job.interval
         self._push(due if due > now else now, job)
         if was_full:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ipvsync.kernel import ipvs_codec as codec
 from ipvsync.kernel.addresses import LinkWriter
 from ipvsync.kernel.ipvs import IpvsSocket
 from ipvsync.kernel.rtnl import Rtnl
-from ipvsync.model import Vip
+from ipvsync.model import ObservedService, ServiceKey, Vip
 from ipvsync.plan import (
     AddDaemon,
     AddDest,
@@ -78,8 +78,15 @@ class Kernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False) -> Observed:
-        services = self.ipvs.dump()
+    def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False,
+                only: Collection[ServiceKey] | None = None) -> Observed:
+        """The kernel's state; with `only`, just those services (and their real servers) are read."""
+        if only is None:
+            services = self.ipvs.dump()
+        else:
+            wanted = set(only)
+            services = {s.key: ObservedService(s.key, s.attrs, self.ipvs.dests(s.key), s.stats)
+                        for s in self.ipvs.services() if s.key in wanted}
         links = self.rtnl.links()
         self._dummy = {name: ln.kind == "dummy" for name, ln in links.items()}
         link = links.get(vip_interface)
