@@ -37,7 +37,6 @@ from ipvsync.plan import (
     Observed,
     Op,
     Owned,
-    Plan,
     UnbindVip,
     plan,
 )
@@ -214,8 +213,6 @@ class Daemon:
         `scope` narrows the work to those services (a health verdict or a one-service edit must
         not re-read 10,000 real servers); None means everything. Drift elsewhere is the periodic
         reconcile's job."""
-        if scope is not None and not scope:
-            return ApplyResult(Plan(()))
         observed = self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
             self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=scope)
         old_drains = self.state.drains
@@ -459,6 +456,8 @@ class Daemon:
         """Services whose health verdicts changed since the last converge, when health (or slow
         start) is the only reason to converge; None = converge everything."""
         cfg = self.config
+        if reasons == {"kernel"}:
+            return set()  # a link or address changed: VIPs and the link only, no service re-read
         if cfg is None or self.health is None or not reasons <= {"health", "slow start"}:
             return None
         verdicts = self.health.verdicts()
