@@ -7,8 +7,10 @@ director is its own namespace, linked to the backend namespace by a veth pair, r
 198.19.0.0/16 via the backend's address. The two run one after the other (UML has one CPU):
 
   ipvsync run     defaults.health {type: tcp, interval, timeout, rise: 2, fall: 3}, vip_mode external
-                  (IPVS only, as keepalived's virtual_server); initial state down, so we wait until
-                  every real server has weight > 0
+                  (IPVS only, as keepalived's virtual_server); `initial: up` by default (--initial), as
+                  keepalived without `alpha` starts real servers up (the fair comparison); with
+                  `--initial up,down` the default `initial: down` is measured too (key ipvsync_initial_down),
+                  where we wait until every real server has collected `rise` passing checks
   keepalived -C   TCP_CHECK {connect_timeout, retry 2}, delay_loop = interval, inhibit_on_failure
 
 After a warm-up (all real servers up and at least 1.5 intervals since start) CPU seconds
@@ -122,6 +124,8 @@ def main() -> int:
     ap.add_argument("--intervals", default="10,1", help="comma-separated check intervals, seconds")
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--warm-timeout", type=float, default=600.0)
+    ap.add_argument("--initial", default="up,down",
+                    help="ipvsync `initial:` states to measure (comma-separated; up is compared with keepalived)")
     args = ap.parse_args()
     n, per = args.services, args.per
     total = n * per
@@ -138,17 +142,21 @@ def main() -> int:
         timeout = min(3.0, interval)
         key = f"interval_{interval:g}s"
         res["runs"][key] = {"interval_s": interval, "timeout_s": timeout}
-        # ipvsync
-        ns = director(backend)
-        cfg = work / f"ipvsync-{interval:g}.yaml"
-        health = {"type": "tcp", "interval": f"{interval:g}s", "timeout": f"{timeout:g}s", "rise": 2, "fall": 3}
-        cfg.write_text(ipvsync_yaml(n, per, health=health, vip_mode="external"))
-        lc0 = cpu_seconds(listener.pid)
-        res["runs"][key]["ipvsync"] = measure(
-            "ipvsync", ns, ipvsync_argv(ns, work / ns, "run", "-c", str(cfg)), work / f"{ns}.log", total,
-            interval, args.window, args.warm_timeout, lambda pid: [pid])
-        res["runs"][key]["ipvsync"]["listener_cpu_s_whole_run"] = cpu_seconds(listener.pid) - lc0
-        del_netns(ns)
+        # ipvsync, once per `initial:` state ("ipvsync" = the first listed, normally up)
+        for k, init in enumerate(x.strip() for x in args.initial.split(",")):
+            ns = director(backend)
+            cfg = work / f"ipvsync-{interval:g}-{init}.yaml"
+            health = {"type": "tcp", "interval": f"{interval:g}s", "timeout": f"{timeout:g}s", "rise": 2,
+                      "fall": 3, "initial": init}
+            cfg.write_text(ipvsync_yaml(n, per, health=health, vip_mode="external"))
+            lc0 = cpu_seconds(listener.pid)
+            tkey = "ipvsync" if k == 0 else f"ipvsync_initial_{init}"
+            res["runs"][key][tkey] = measure(
+                f"ipvsync (initial {init})", ns, ipvsync_argv(ns, work / ns, "run", "-c", str(cfg)),
+                work / f"{ns}.log", total, interval, args.window, args.warm_timeout, lambda pid: [pid])
+            res["runs"][key][tkey]["initial"] = init
+            res["runs"][key][tkey]["listener_cpu_s_whole_run"] = cpu_seconds(listener.pid) - lc0
+            del_netns(ns)
         # keepalived
         ns = director(backend)
         conf = work / f"keepalived-{interval:g}.conf"

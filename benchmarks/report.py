@@ -101,10 +101,13 @@ def health_table(d: dict, base: Path) -> list[str]:
            "| interval | tool | CPU s / window s | ipvsync ÷ keepalived | down at start / end of window | warm-up s "
            "| RSS MB |", "|---|---|---:|---:|---|---:|---:|"]
     for _key, r in d["runs"].items():
-        for tool in ("ipvsync", "keepalived"):
+        ka = r["keepalived"].get("cpu_share", r["keepalived"]["cpu_s"])
+        for tool in [k for k in r if k.startswith("ipvsync") and isinstance(r[k], dict)] + ["keepalived"]:
             t = r[tool]
-            ratio = f"{r['cpu_ratio_ipvsync_over_keepalived']:.2f}" if tool == "ipvsync" else ""
-            out.append(f"| {r['interval_s']:g} s (timeout {r['timeout_s']:g} s) | {tool} | "
+            share = t.get("cpu_share", t["cpu_s"])
+            ratio = f"{share / max(ka, 1e-9):.2f}" if tool != "keepalived" else ""
+            name = f"ipvsync, initial: {t['initial']}" if "initial" in t else tool
+            out.append(f"| {r['interval_s']:g} s (timeout {r['timeout_s']:g} s) | {name} | "
                        f"{t['cpu_s']:.1f} / {t['window_s']:.0f} | "
                        f"{ratio} | {t['down_at_start']} / {t['down_at_end']} | {t['warmup_s']:.0f} | "
                        f"{t['rss_mb']:.1f} |")

@@ -1,9 +1,10 @@
 """The health monitor: schedules shared probes and keeps rise/fall state per service and real server.
 
 Rules of residence: the only stateful, clock-reading part of health/. One asyncio task runs a heap of
-due probe jobs; each launched probe is one short task, at most `max_concurrency` in flight (no thread
-per check, no executor). A job is keyed by (ProbeSpec, interval): identical probes from any number of
-services run once and their result is fed to every subscriber's own machine. State is keyed by
+due probe jobs; each launched probe is one short task (TCP checks: a callback on one shared epoll,
+no task), at most `max_concurrency` in flight (no thread per check, no executor). A job is keyed
+by (ProbeSpec, interval): identical probes from any number of services run once and their result is
+fed to every subscriber's own machine. State is keyed by
 (service name, DestKey) and kept across `update` only while the ProbeSpec is unchanged (O(n) carry).
 Verdict changes are reported through a coalesced `on_change()` callback; the daemon then re-plans with
 `effective.adjust`. Transitions are logged on the "ipvsync.health" logger with SERVICE, REAL_SERVER,
@@ -13,6 +14,7 @@ CHECK and REASON fields.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import random
@@ -28,6 +30,7 @@ from ipvsync.health.probes import (
     ProbeResult,
     ProbeSpec,
     ProbeTemplate,
+    TcpConnector,
     probe_template,
     run_probe,
     use_pidfd_child_watcher,
@@ -42,6 +45,7 @@ SNAPSHOT_VERSION = 1
 
 STALL_FACTOR = 1.5  # a timeout observed after more than 1.5x its length (+ slack) is the daemon's stall
 STALL_SLACK = 0.2
+SCHED_SLACK = 0.005  # seconds a probe may start after its due time so that neighbours share a wake-up
 
 
 class _Job:
@@ -132,6 +136,7 @@ class HealthMonitor:
         self._frozen: tuple[dict[RsId, RsHealth], dict[RsId, int]] | None = None
         self._change_pending = False
         self._pidfd_checked = False
+        self._tcp: TcpConnector | None = None
 
     # ------------------------------------------------------------------------------------------ config
 
@@ -347,11 +352,17 @@ class HealthMonitor:
                 if self._inflight >= self.max_concurrency:
                     await self._sleep(None)  # a finishing probe wakes us
                 elif heap:
-                    await self._sleep(max(0.0, heap[0][0] - now))
+                    # wake a little late (<= 1 % of the interval, <= SCHED_SLACK) so that the probes
+                    # due within that slack start in one wake-up instead of one wake-up each
+                    due, _, nxt = heap[0]
+                    await self._sleep(max(0.0, due - now) + min(SCHED_SLACK, nxt.interval * 0.01))
                 else:
                     await self._sleep(None)
         finally:
             self._deadline = float("inf")
+            if self._tcp is not None:
+                self._inflight -= self._tcp.close()  # in-flight TCP probes are abandoned, like cancelled tasks
+                self._tcp = None
             tasks = list(self._tasks)
             for t in tasks:
                 t.cancel()
@@ -368,6 +379,13 @@ class HealthMonitor:
             self._pidfd_checked = True
             use_pidfd_child_watcher()
         self._inflight += 1
+        if job.spec.type == "tcp" and self.prober is run_probe:
+            # hot path: no task, future or timeout context per probe (TcpConnector: same results)
+            tcp = self._tcp
+            if tcp is None or tcp.loop is not self._loop:
+                tcp = self._tcp = TcpConnector(self._loop)
+            tcp.start(job.spec, functools.partial(self._finish, job, self.clock()))
+            return
         task = self._loop.create_task(self._probe(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -381,6 +399,10 @@ class HealthMonitor:
             raise
         except Exception as exc:  # a fake or broken prober must not kill the scheduler
             result = ProbeResult(False, f"error: {exc}", 0.0)
+        self._finish(job, start, result)
+
+    def _finish(self, job: _Job, start: float, result: ProbeResult) -> None:
+        """A probe of `job` launched at `start` is over: verdicts, then schedule the next one."""
         was_full = self._inflight >= self.max_concurrency
         self._inflight -= 1
         if job.dead:

@@ -5,6 +5,7 @@ one probe (type, target, timeout and type parameters; never rise/fall/interval),
 from different services collapse onto one key. Sockets are created per probe in the caller's network
 namespace, non-blocking, driven by the running event loop (no threads, no executors); timeouts use
 `asyncio.timeout`, so a probe costs one task and one socket. Exceptions never escape `run_probe`.
+The monitor's hot path for TCP checks is `TcpConnector` (callbacks, no task per probe).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import json
 import os
 import pwd
 import re
+import select
 import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +233,98 @@ async def probe_tcp(spec: ProbeSpec) -> ProbeResult:
     finally:
         if sock is not None:
             sock.close()
+
+
+_EPOLL_FAILED = select.EPOLLERR | select.EPOLLHUP
+
+
+class TcpConnector:
+    """TCP connect checks without a task, a future or a timeout context per probe.
+
+    The same check as `probe_tcp` (connect within the timeout, then reset; same results, reasons and
+    latency), driven by callbacks for the monitor's hot path: every in-flight socket is registered
+    in one private epoll whose fd is a single reader of the event loop, and each probe costs one
+    socket, one epoll_ctl (closing the socket removes it from the epoll) and one timer handle.
+    `done(result)` is called from the event loop, never from inside `start`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._ep = select.epoll()
+        self._pending: dict[int, tuple[socket.socket, float, Callable[[ProbeResult], None],
+                                       asyncio.TimerHandle]] = {}
+        loop.add_reader(self._ep.fileno(), self._ready)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def start(self, spec: ProbeSpec, done: Callable[[ProbeResult], None]) -> None:
+        t0 = time.monotonic()
+        sock = None
+        try:
+            sock = _socket(spec, socket.SOCK_STREAM)
+            err = sock.connect_ex(spec.sockaddr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                fd = sock.fileno()
+                self._ep.register(fd, select.EPOLLOUT)
+                timer = self.loop.call_later(spec.timeout, self._timeout, fd)
+                self._pending[fd] = (sock, t0, done, timer)
+                sock = None  # owned by _pending now
+                return
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            result = ProbeResult(True, "ok", time.monotonic() - t0)
+        except (OSError, TimeoutError) as exc:
+            result = ProbeResult(False, _reason(exc), time.monotonic() - t0)
+        except Exception as exc:  # as run_probe: never escapes
+            result = ProbeResult(False, _reason(exc), 0.0)
+        finally:
+            if sock is not None:
+                sock.close()
+        self.loop.call_soon(done, result)
+
+    def _ready(self) -> None:
+        for fd, events in self._ep.poll(0):
+            entry = self._pending.pop(fd, None)
+            if entry is None:
+                continue
+            sock, t0, done, timer = entry
+            timer.cancel()
+            try:
+                # tcp_poll flags EPOLLERR whenever sk_err is set: without it SO_ERROR is 0 (saves a syscall)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & _EPOLL_FAILED else 0
+                if err:
+                    raise OSError(err, os.strerror(err))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+                result = ProbeResult(True, "ok", time.monotonic() - t0)
+            except OSError as exc:
+                result = ProbeResult(False, _reason(exc), time.monotonic() - t0)
+            finally:
+                sock.close()
+            done(result)
+
+    def _timeout(self, fd: int) -> None:
+        entry = self._pending.pop(fd, None)
+        if entry is None:
+            return
+        sock, t0, done, _timer = entry
+        sock.close()
+        done(ProbeResult(False, "timeout", time.monotonic() - t0))
+
+    def close(self) -> int:
+        """Abandon every in-flight probe (their callbacks are not called); returns how many."""
+        n = len(self._pending)
+        for sock, _t0, _done, timer in self._pending.values():
+            timer.cancel()
+            sock.close()
+        self._pending.clear()
+        try:
+            self.loop.remove_reader(self._ep.fileno())
+        except Exception:  # the loop may already be closed
+            pass
+        self._ep.close()
+        return n
 
 
 # ---------------------------------------------------------------------------------------------- http

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 import struct
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -610,8 +612,143 @@ def decode_service(payload: memoryview | bytes) -> ObservedService:
     return ObservedService(key, attrs, {}, stats)
 
 
+class _Layout(NamedTuple):
+    """The byte layout of one dest message shape, learnt from a message of that shape.
+
+    A kernel sends every real server of a dump with the same attributes in the same order, so after
+    the first one a single `struct.unpack_from` reads a whole message. The layout is used only when
+    every attribute header (length, type) of the message equals the learnt one, so any other shape
+    (older kernel, extra or missing attribute, PAD attributes, odd sizes) takes the generic path.
+    Layouts are a memo of a pure function of the headers (like `_addr_str`'s cache), not state.
+    """
+
+    fmt: struct.Struct
+    headers: tuple[int, ...]  # the expected (len, type) values, in unpack order
+    pick_headers: operator.itemgetter  # type: ignore[type-arg]
+    pick_values: operator.itemgetter  # type: ignore[type-arg]
+
+
+_DEST_LAYOUT_KINDS = (  # what the fast path reads, in this order (all must be present to learn)
+    IPVS_DEST_ATTR_ADDR, IPVS_DEST_ATTR_ADDR_FAMILY, IPVS_DEST_ATTR_PORT, IPVS_DEST_ATTR_FWD_METHOD,
+    IPVS_DEST_ATTR_WEIGHT, IPVS_DEST_ATTR_U_THRESH, IPVS_DEST_ATTR_L_THRESH, IPVS_DEST_ATTR_TUN_TYPE,
+    IPVS_DEST_ATTR_TUN_PORT, IPVS_DEST_ATTR_TUN_FLAGS, IPVS_DEST_ATTR_ACTIVE_CONNS,
+    IPVS_DEST_ATTR_INACT_CONNS, IPVS_DEST_ATTR_PERSIST_CONNS,
+)
+_LAYOUT_CODES = {_U8: "B", _U16: "H", _BE16: "H", _U32: "I", _U64: "Q"}  # read native; BE16 swapped after
+_DEST_LAYOUT_FMT: dict[int, struct.Struct] = {k: f for k, f, _ in _DEST_FIELDS}
+_DEST_LAYOUT_FMT[IPVS_DEST_ATTR_ADDR_FAMILY] = _U16
+_DEST_LAYOUT_FMT[IPVS_DEST_ATTR_PORT] = _BE16
+_SWAP16 = sys.byteorder == "little"
+_dest_layouts: dict[bytes, _Layout | None] = {}
+
+
+def _learn_dest_layout(view: memoryview) -> _Layout | None:
+    """A `_Layout` for this dest message's shape, or None when it has a shape we do not template."""
+    fmt = ["=", f"{GENL_HDRLEN}x"]
+    headers: list[int] = []
+    header_idx: list[int] = []
+    where: dict[tuple[int, int], int] = {}  # (nest, kind) -> index of its value in the unpacked tuple
+    count = 0
+
+    def field(code: str) -> int:
+        nonlocal count
+        fmt.append(code)
+        count += 1
+        return count - 1
+
+    def walk(off: int, end: int, nest: int) -> bool:
+        while off < end:
+            if end - off < 4:
+                return False
+            length, kind = _NLA.unpack_from(view, off)
+            if length < 4 or off + length > end:
+                return False
+            headers.extend((length, kind))
+            header_idx.extend((field("H"), field("H")))
+            size, k = length - 4, kind & NLA_TYPE_MASK
+            if nest == 0 and k in (IPVS_DEST_ATTR_STATS, IPVS_DEST_ATTR_STATS64):
+                if not walk(off + 4, off + length, k):
+                    return False
+            elif nest == 0 and k == IPVS_DEST_ATTR_ADDR:
+                if size != 16:
+                    return False
+                where[(0, k)] = field("16s")
+            elif nest == 0 and k in _DEST_LAYOUT_FMT:
+                if size != _DEST_LAYOUT_FMT[k].size:
+                    return False
+                where[(0, k)] = field(_LAYOUT_CODES[_DEST_LAYOUT_FMT[k]])
+            elif nest and IPVS_STATS_ATTR_CONNS <= k <= IPVS_STATS_ATTR_OUTBPS:
+                wide = nest == IPVS_DEST_ATTR_STATS64 or k in (IPVS_STATS_ATTR_INBYTES, IPVS_STATS_ATTR_OUTBYTES)
+                if size != (8 if wide else 4):
+                    return False
+                where[(nest, k)] = field("Q" if wide else "I")
+            elif size:
+                fmt.append(f"{size}x")  # an attribute decode_dest ignores
+            pad = -length & 3
+            if pad:
+                fmt.append(f"{pad}x")
+            off += length + pad
+        return True
+
+    if len(view) < GENL_HDRLEN + 4:
+        return None
+    top_len, top_kind = _NLA.unpack_from(view, GENL_HDRLEN)
+    if top_kind & NLA_TYPE_MASK != IPVS_CMD_ATTR_DEST or GENL_HDRLEN + top_len != len(view):
+        return None
+    headers.extend((top_len, top_kind))
+    header_idx.extend((field("H"), field("H")))
+    if not walk(GENL_HDRLEN + 4, GENL_HDRLEN + top_len, 0):
+        return None
+    nest = IPVS_DEST_ATTR_STATS64 if any(n == IPVS_DEST_ATTR_STATS64 for n, _ in where) else IPVS_DEST_ATTR_STATS
+    need = [(0, k) for k in _DEST_LAYOUT_KINDS]
+    need += [(nest, k) for k in range(IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_OUTBPS + 1)]
+    if any(n not in where for n in need):
+        return None
+    packed = struct.Struct("".join(fmt))
+    if packed.size != len(view):
+        return None
+    return _Layout(packed, tuple(headers), operator.itemgetter(*header_idx),
+                   operator.itemgetter(*(where[n] for n in need)))
+
+
+def _decode_dest_fast(view: memoryview) -> ObservedDest | None:
+    """decode_dest through a learnt layout, or None to use the generic path."""
+    n = len(view)
+    if n < GENL_HDRLEN + 4:
+        return None
+    shape = bytes(view[GENL_HDRLEN : GENL_HDRLEN + 4])  # the nest's header: its length tells shapes apart
+    layout = _dest_layouts.get(shape, False)
+    if layout is False:
+        if len(_dest_layouts) >= 64:
+            return None
+        layout = _dest_layouts[shape] = _learn_dest_layout(view)
+    if layout is None or layout.fmt.size != n:
+        return None
+    raw = layout.fmt.unpack_from(view)
+    if layout.pick_headers(raw) != layout.headers:
+        return None
+    (addr, fam, port, fwd, weight, uth, lth, tun_type, tun_port, tun_flags, active, inactive, persist,
+     *stats) = layout.pick_values(raw)
+    if fam == AF_INET:
+        addr = addr[:4]
+    elif fam != AF_INET6:
+        return None  # the generic path raises the right error
+    if _SWAP16:
+        port = ((port & 0xFF) << 8) | (port >> 8)
+        tun_port = ((tun_port & 0xFF) << 8) | (tun_port >> 8)
+    forward = fwd & IP_VS_CONN_F_FWD_MASK
+    if forward != FWD_TUNNEL and (tun_type or tun_port or tun_flags):
+        attrs = DestAttrs(forward, weight, uth, lth)
+    else:
+        attrs = DestAttrs(forward, weight, uth, lth, tun_type, tun_port, tun_flags)
+    return ObservedDest(DestKey(_addr_str(addr), port), fam, attrs, DestStats(active, inactive, persist, *stats))
+
+
 def decode_dest(payload: memoryview | bytes, family: int = 0) -> ObservedDest:
     """An IPVS_CMD_ATTR_DEST payload -> ObservedDest; `family` is the fallback without ADDR_FAMILY."""
+    fast = _decode_dest_fast(memoryview(payload))
+    if fast is not None:
+        return fast
     _, top = genl_cmd(payload)
     a = parse_attrs(_need(top, IPVS_CMD_ATTR_DEST, "IPVS_CMD_ATTR_DEST"))
     if IPVS_DEST_ATTR_ADDR_FAMILY in a:
