@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import operator
+import socket
 import struct
 import sys
 from collections.abc import Iterator
@@ -240,10 +241,21 @@ def _port(value: int) -> bytes:
 
 
 def _addr(text: str, family: int) -> bytes:
+    """The 16-byte nf_inet_addr of `text`; ValueError when it is not an address of `family`."""
+    try:  # inet_pton accepts exactly the canonical forms ipaddress does, ~20x cheaper
+        if family == AF_INET:
+            return socket.inet_pton(socket.AF_INET, text) + _V4_FILL
+        if family == AF_INET6:
+            return socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, TypeError, ValueError):
+        pass  # the slow path below raises the right error (or accepts what inet_pton does not)
     ip = ipaddress.ip_address(text)
     if (ip.version == 6) != (family == AF_INET6):
         raise ValueError(f"address {text} does not match family {family}")
     return ip.packed.ljust(16, b"\0")
+
+
+_V4_FILL = bytes(12)
 
 
 def _netmask(prefix: int, family: int) -> bytes:
@@ -282,7 +294,15 @@ def _service_key_attrs(key: ServiceKey) -> list[bytes]:
     return out
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _service_key_nest(key: ServiceKey) -> bytes:
+    """The service nest of every real-server request (the same bytes for all of a service's dests)."""
+    return _nest(IPVS_CMD_ATTR_SERVICE, *_service_key_attrs(key))
+
+
 def _service(key: ServiceKey, attrs: ServiceAttrs | None, flags_mask: int) -> bytes:
+    if attrs is None:
+        return _service_key_nest(key)
     parts = _service_key_attrs(key)
     if attrs is not None:
         parts += [
@@ -295,8 +315,36 @@ def _service(key: ServiceKey, attrs: ServiceAttrs | None, flags_mask: int) -> by
     return _nest(IPVS_CMD_ATTR_SERVICE, *parts)
 
 
+# A whole IPVS_CMD_ATTR_DEST nest in one pack: the same bytes as _nest(_attr(...), ...) below
+_DEST_NEST_FULL = struct.Struct("=HH" "HH16s" "HH2s2x" "HHH2x" "HHI" "HHI" "HHI" "HHI" "HHB3x" "HH2s2x" "HHH2x")
+
+
 def _dest(dest: DestKey, family: int | None, attrs: DestAttrs | None) -> bytes:
     fam = family or addr_family(dest.address)
+    if attrs is not None:  # the same checks, in the same order, as the generic encoding below
+        addr, port = _addr(dest.address, fam), _port(dest.port)
+        _U16.pack(fam)
+        for v in (attrs.forward, attrs.weight, attrs.u_threshold, attrs.l_threshold):
+            if not 0 <= v <= 0xFFFFFFFF:
+                raise ValueError(f"{v} does not fit in u32")
+        if not 0 <= attrs.tun_type <= 0xFF:
+            _U8.pack(attrs.tun_type)  # raises struct.error, as before
+        tun_port = _port(attrs.tun_port)
+        if not 0 <= attrs.tun_flags <= 0xFFFF:
+            _U16.pack(attrs.tun_flags)
+        return _DEST_NEST_FULL.pack(
+            _DEST_NEST_FULL.size, IPVS_CMD_ATTR_DEST | NLA_F_NESTED,
+            20, IPVS_DEST_ATTR_ADDR, addr,
+            6, IPVS_DEST_ATTR_PORT, port,
+            6, IPVS_DEST_ATTR_ADDR_FAMILY, fam,
+            8, IPVS_DEST_ATTR_FWD_METHOD, attrs.forward,
+            8, IPVS_DEST_ATTR_WEIGHT, attrs.weight,
+            8, IPVS_DEST_ATTR_U_THRESH, attrs.u_threshold,
+            8, IPVS_DEST_ATTR_L_THRESH, attrs.l_threshold,
+            5, IPVS_DEST_ATTR_TUN_TYPE, attrs.tun_type,
+            6, IPVS_DEST_ATTR_TUN_PORT, tun_port,
+            6, IPVS_DEST_ATTR_TUN_FLAGS, attrs.tun_flags,
+        )
     parts = [
         _attr(IPVS_DEST_ATTR_ADDR, _addr(dest.address, fam)),
         _attr(IPVS_DEST_ATTR_PORT, _port(dest.port)),
