@@ -45,6 +45,7 @@ SNAPSHOT_VERSION = 1
 
 STALL_FACTOR = 1.5  # a timeout observed after more than 1.5x its length (+ slack) is the daemon's stall
 STALL_SLACK = 0.2
+LAUNCH_CLOCK_EVERY = 16  # within one batch of launches, read the clock again after this many
 SCHED_SLACK = 0.005  # seconds a probe may start after its due time so that neighbours share a wake-up
 
 
@@ -343,10 +344,14 @@ class HealthMonitor:
         try:
             while not self._stopped:
                 now = self.clock()
+                launched = 0
                 while heap and self._inflight < self.max_concurrency and heap[0][0] <= now:
                     job = heapq.heappop(heap)[2]
                     if not job.dead:
-                        self._launch(job)
+                        self._launch(job, now)  # `now` is the probe's start (and its timeout's)
+                        launched += 1
+                        if launched % LAUNCH_CLOCK_EVERY == 0:
+                            now = self.clock()  # a long batch must not start late probes "earlier"
                 if self._stopped:
                     break
                 if self._inflight >= self.max_concurrency:
@@ -373,7 +378,7 @@ class HealthMonitor:
         self._stopped = True
         self._wake()
 
-    def _launch(self, job: _Job) -> None:
+    def _launch(self, job: _Job, now: float | None = None) -> None:
         assert self._loop is not None
         if job.spec.type == "exec" and not self._pidfd_checked:
             self._pidfd_checked = True
@@ -384,7 +389,9 @@ class HealthMonitor:
             tcp = self._tcp
             if tcp is None or tcp.loop is not self._loop:
                 tcp = self._tcp = TcpConnector(self._loop)
-            tcp.start(job.spec, functools.partial(self._finish, job, self.clock()))
+            start = self.clock() if now is None else now
+            tcp.start(job.spec, functools.partial(self._finish, job, start),
+                      start if self.clock is time.monotonic else None)
             return
         task = self._loop.create_task(self._probe(job))
         self._tasks.add(task)
@@ -401,15 +408,20 @@ class HealthMonitor:
             result = ProbeResult(False, f"error: {exc}", 0.0)
         self._finish(job, start, result)
 
-    def _finish(self, job: _Job, start: float, result: ProbeResult) -> None:
-        """A probe of `job` launched at `start` is over: verdicts, then schedule the next one."""
+    def _finish(self, job: _Job, start: float, result: ProbeResult, now: float | None = None) -> None:
+        """A probe of `job` launched at `start` is over: verdicts, then schedule the next one.
+
+        `now` is a fresh reading of the monitor's clock, when the caller has one (saves a clock read)."""
+        if self.clock is not time.monotonic:
+            now = None  # the connector's reading is time.monotonic(); a custom clock reads itself
         was_full = self._inflight >= self.max_concurrency
         self._inflight -= 1
         if job.dead:
             if was_full:
                 self._wake()
             return
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if (not result.ok and result.reason == "timeout"
                 and now - start > job.spec.timeout * STALL_FACTOR + STALL_SLACK):
             # the timeout fired long after its deadline: this process was stalled (a long apply,
@@ -423,7 +435,7 @@ class HealthMonitor:
                 self.on_probe(job.spec, result)
             except Exception:
                 log.exception("on_probe callback failed")
-        self._apply(job, result)
+        self._apply(job, result, now)
         due = start + job.interval
         self._push(due if due > now else now, job)
         if was_full:
@@ -431,8 +443,9 @@ class HealthMonitor:
 
     # ------------------------------------------------------------------------------------------ verdicts
 
-    def _apply(self, job: _Job, result: ProbeResult) -> None:
-        now = self.clock()
+    def _apply(self, job: _Job, result: ProbeResult, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock()
         changed = False
         is_file = job.spec.type == "file"
         for key in job.subs:

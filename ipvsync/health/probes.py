@@ -21,6 +21,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,24 +243,31 @@ class TcpConnector:
     """TCP connect checks without a task, a future or a timeout context per probe.
 
     The same check as `probe_tcp` (connect within the timeout, then reset; same results, reasons and
-    latency), driven by callbacks for the monitor's hot path: every in-flight socket is registered
-    in one private epoll whose fd is a single reader of the event loop, and each probe costs one
-    socket, one epoll_ctl (closing the socket removes it from the epoll) and one timer handle.
-    `done(result)` is called from the event loop, never from inside `start`.
+    latency), driven by callbacks for the monitor's hot path. Under UML every syscall, clock reads
+    included, is expensive, so a probe costs only socket, connect, one epoll_ctl (closing the socket
+    removes it from the epoll), setsockopt(SO_LINGER) and close: every in-flight socket sits in one
+    private epoll whose fd is a single reader of the event loop; the clock is read once per batch of
+    completions; timeouts are kept in one FIFO per timeout length (deadlines arrive in order) behind
+    a single loop timer. `done(result, now)` is called from the event loop, never inside `start`;
+    `now` is this connector's `time.monotonic()` reading.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._ep = select.epoll()
-        self._pending: dict[int, tuple[socket.socket, float, Callable[[ProbeResult], None],
-                                       asyncio.TimerHandle]] = {}
+        self._pending: dict[int, list[Any]] = {}  # fd -> [sock, t0, done]
+        self._deadlines: dict[float, deque[tuple[float, int, list[Any]]]] = {}  # timeout -> FIFO
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         loop.add_reader(self._ep.fileno(), self._ready)
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def start(self, spec: ProbeSpec, done: Callable[[ProbeResult], None]) -> None:
-        t0 = time.monotonic()
+    def start(self, spec: ProbeSpec, done: Callable[[ProbeResult, float], None], t0: float | None = None) -> None:
+        """Start one check; `t0` is the caller's fresh `time.monotonic()` reading, if it has one."""
+        if t0 is None:
+            t0 = time.monotonic()
         sock = None
         try:
             sock = _socket(spec, socket.SOCK_STREAM)
@@ -267,58 +275,102 @@ class TcpConnector:
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 fd = sock.fileno()
                 self._ep.register(fd, select.EPOLLOUT)
-                timer = self.loop.call_later(spec.timeout, self._timeout, fd)
-                self._pending[fd] = (sock, t0, done, timer)
+                entry = [sock, t0, done]
+                self._pending[fd] = entry
                 sock = None  # owned by _pending now
+                deadline = t0 + spec.timeout
+                fifo = self._deadlines.get(spec.timeout)
+                if fifo is None:
+                    fifo = self._deadlines[spec.timeout] = deque()
+                fifo.append((deadline, fd, entry))
+                if deadline < self._timer_at:
+                    self._arm(deadline)
                 return
             if err:
                 raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-            result = ProbeResult(True, "ok", time.monotonic() - t0)
+            now = time.monotonic()
+            result = ProbeResult(True, "ok", now - t0)
         except (OSError, TimeoutError) as exc:
-            result = ProbeResult(False, _reason(exc), time.monotonic() - t0)
+            now = time.monotonic()
+            result = ProbeResult(False, _reason(exc), now - t0)
         except Exception as exc:  # as run_probe: never escapes
+            now = time.monotonic()
             result = ProbeResult(False, _reason(exc), 0.0)
         finally:
             if sock is not None:
                 sock.close()
-        self.loop.call_soon(done, result)
+        self.loop.call_soon(done, result, now)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        # loop.time() is time.monotonic() for asyncio's loops; call_later keeps us honest otherwise
+        self._timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
 
     def _ready(self) -> None:
-        for fd, events in self._ep.poll(0):
-            entry = self._pending.pop(fd, None)
+        events = self._ep.poll(0)
+        if not events:
+            return
+        now = time.monotonic()  # one clock read for the whole batch
+        pending = self._pending
+        for fd, ev in events:
+            entry = pending.pop(fd, None)
             if entry is None:
                 continue
-            sock, t0, done, timer = entry
-            timer.cancel()
+            sock, t0, done = entry
+            entry[2] = None  # completed: its deadline in the FIFO is now a no-op
             try:
                 # tcp_poll flags EPOLLERR whenever sk_err is set: without it SO_ERROR is 0 (saves a syscall)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & _EPOLL_FAILED else 0
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ev & _EPOLL_FAILED else 0
                 if err:
                     raise OSError(err, os.strerror(err))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-                result = ProbeResult(True, "ok", time.monotonic() - t0)
+                result = ProbeResult(True, "ok", now - t0)
             except OSError as exc:
-                result = ProbeResult(False, _reason(exc), time.monotonic() - t0)
+                result = ProbeResult(False, _reason(exc), now - t0)
             finally:
                 sock.close()
-            done(result)
+            done(result, now)
 
-    def _timeout(self, fd: int) -> None:
-        entry = self._pending.pop(fd, None)
-        if entry is None:
-            return
-        sock, t0, done, _timer = entry
-        sock.close()
-        done(ProbeResult(False, "timeout", time.monotonic() - t0))
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        now = time.monotonic()
+        nxt = float("inf")
+        expired = []
+        for timeout, fifo in list(self._deadlines.items()):
+            while fifo and fifo[0][0] <= now:
+                _deadline, fd, entry = fifo.popleft()
+                if entry[2] is not None and self._pending.get(fd) is entry:
+                    del self._pending[fd]
+                    expired.append(entry)
+            while fifo and fifo[0][2][2] is None:  # completed in time: drop without waiting for it
+                fifo.popleft()
+            if fifo:
+                nxt = min(nxt, fifo[0][0])
+            else:
+                del self._deadlines[timeout]
+        if nxt < float("inf"):
+            self._arm(nxt)
+        for entry in expired:
+            sock, t0, done = entry
+            entry[2] = None
+            sock.close()
+            done(ProbeResult(False, "timeout", now - t0), now)
 
     def close(self) -> int:
         """Abandon every in-flight probe (their callbacks are not called); returns how many."""
         n = len(self._pending)
-        for sock, _t0, _done, timer in self._pending.values():
-            timer.cancel()
-            sock.close()
+        for entry in self._pending.values():
+            entry[0].close()
+            entry[2] = None
         self._pending.clear()
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         try:
             self.loop.remove_reader(self._ep.fileno())
         except Exception:  # the loop may already be closed

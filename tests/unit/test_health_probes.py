@@ -22,6 +22,7 @@ from ipvsync.health import dnswire
 from ipvsync.health.probes import (
     ProbeResult,
     ProbeSpec,
+    TcpConnector,
     decode_payload,
     probe_template,
     run_probe,
@@ -96,6 +97,89 @@ def test_tcp_timeout_on_full_backlog():
                 c.close()
     assert not r.ok and r.reason == "timeout"
     assert 0.25 < took < 2.5
+
+
+def connector_probes(specs: list[ProbeSpec]) -> list[ProbeResult]:
+    """Run specs through TcpConnector (the monitor's TCP hot path), all at once."""
+
+    async def main() -> list[ProbeResult]:
+        loop = asyncio.get_running_loop()
+        tcp = TcpConnector(loop)
+        results: dict[int, ProbeResult] = {}
+        done = loop.create_future()
+
+        def finish(i: int, r: ProbeResult, now: float) -> None:
+            assert now <= time.monotonic()
+            results[i] = r
+            if len(results) == len(specs):
+                done.set_result(None)
+
+        for i, s in enumerate(specs):
+            tcp.start(s, lambda r, now, i=i: finish(i, r, now))
+        await asyncio.wait_for(done, 10)
+        assert len(tcp) == 0 and tcp.close() == 0
+        return [results[i] for i in range(len(specs))]
+
+    return asyncio.run(main())
+
+
+def test_tcp_connector_same_results_as_probe_tcp():
+    with socket.socket() as ls, socket.socket() as full:
+        ls.bind((LO, 0))
+        ls.listen(64)
+        full.bind((LO, 0))
+        full.listen(0)
+        fport = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # accept queue full: further SYNs are dropped
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex((LO, fport))
+                fillers.append(c)
+            time.sleep(0.05)
+            specs = [spec("tcp", ls.getsockname()[1]), spec("tcp", free_port()),
+                     spec("tcp", fport, timeout=0.3), spec("tcp", fport, timeout=0.2),
+                     spec("tcp", ls.getsockname()[1], source_address="192.0.2.77")]
+            t0 = time.monotonic()
+            got = connector_probes(specs)
+            took = time.monotonic() - t0
+            want = [probe(s) for s in specs]
+        finally:
+            for c in fillers:
+                c.close()
+    assert [(r.ok, r.reason) for r in got] == [(r.ok, r.reason) for r in want]
+    assert [(r.ok, r.reason) for r in got][:4] == [(True, "ok"), (False, "refused"), (False, "timeout"),
+                                                   (False, "timeout")]
+    assert 0.25 < got[2].latency < 2 and 0.15 < got[3].latency < got[2].latency
+    assert 0.25 < took < 2.5
+
+
+def test_tcp_connector_close_abandons_inflight():
+    with socket.socket() as full:
+        full.bind((LO, 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for c in fillers:
+            c.setblocking(False)
+            c.connect_ex((LO, port))
+        time.sleep(0.05)
+
+        async def main() -> int:
+            tcp = TcpConnector(asyncio.get_running_loop())
+            seen: list[ProbeResult] = []
+            tcp.start(spec("tcp", port, timeout=0.2), lambda r, now: seen.append(r))
+            n = tcp.close()
+            await asyncio.sleep(0.4)
+            assert seen == []
+            return n
+
+        try:
+            assert asyncio.run(main()) == 1
+        finally:
+            for c in fillers:
+                c.close()
 
 
 def test_tcp_ipv6_loopback():
