@@ -388,8 +388,15 @@ def test_operator_surface(netns: Netns, topology: Callable[..., Topology], tmp_p
 
     # -- metrics, scraped over HTTP inside the namespace, parsed with prometheus-client's parser
     topo.client.ask(VIP, 80, count=2)
-    m = scrape(netns)
     lab = {"service": "web", "real_server": web(0)}
+
+    def scraped_with_counters() -> Any:
+        # the kernel folds per-CPU counters into what it reports every 2 s: poll for them
+        mm = scrape(netns)
+        conns = sample(mm, "ipvsync_real_server_connections", "ipvsync_real_server_connections_total", **lab)
+        return mm if conns >= 8 else None
+
+    m = wait_for(scraped_with_counters, 15, "the kernel's connection counters in the metrics")
     assert sample(m, "ipvsync_real_server_up", **lab) == 1
     assert sample(m, "ipvsync_real_server_up", service="web", real_server=web(1)) == 0
     assert sample(m, "ipvsync_real_server_effective_weight", service="web", real_server=web(3)) == 0
