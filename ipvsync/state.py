@@ -79,7 +79,7 @@ class StateStore:
 
     def save(self, state: State) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        atomic_write(self.path, (json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(self.path, (json.dumps(state.to_json(), separators=(",", ":")) + "\n").encode())
 
 
 class StateCorrupt(Exception):
