@@ -49,6 +49,14 @@ def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
+@lru_cache(maxsize=65536)
+def address_kind(text: str) -> tuple[str, int, str]:
+    """(canonical text, IP version, "" or "unspecified"/"multicast"); ValueError if not an address."""
+    ip = ip_address(text)
+    bad = "unspecified" if ip.is_unspecified else "multicast" if ip.is_multicast else ""
+    return str(ip), ip.version, bad
+
+
 BUILTIN_DEFAULTS: dict[str, Any] = {"protocol": "tcp", "scheduler": "wlc", "forward": "nat", "weight": 1}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -131,15 +139,14 @@ class _Builder:
 
     def address(self, doc: Document, path: Path, text: Any) -> str | None:
         try:
-            ip = ip_address(str(text))
+            canon, _version, bad = address_kind(str(text))
         except ValueError:
             self.err(doc, path, f"{text!r} is not an IPv4 or IPv6 address")
             return None
-        if ip.is_unspecified or ip.is_multicast:
-            self.err(doc, path, f"{text} is {'unspecified' if ip.is_unspecified else 'multicast'}; "
-                                "a unicast address is required")
+        if bad:
+            self.err(doc, path, f"{text} is {bad}; a unicast address is required")
             return None
-        return str(ip)
+        return canon
 
     def health(self, doc: Document, path: Path, block: dict[str, Any]) -> dict[str, Any]:
         kind = block.get("type", "none")
@@ -339,15 +346,15 @@ class _Builder:
             raw = item
             port = item.get("port", svc_port)
             port_given = "port" in item
-        ip = ip_address(addr)
-        if ip.is_unspecified or ip.is_multicast:
+        canon, version, bad = address_kind(addr)
+        if bad:
             self.err(doc, path, f"{addr} is not a unicast address")
             return None
-        rs_family = AF_INET6 if ip.version == 6 else AF_INET
+        rs_family = AF_INET6 if version == 6 else AF_INET
         fwd = FORWARD_METHODS[raw["forward"]] if "forward" in raw else forward
         if rs_family != family and fwd != FWD_TUNNEL:
             svc_fam = "IPv6" if family == AF_INET6 else "IPv4"
-            self.err(doc, path, f"{addr} is IPv{ip.version} but the service is {svc_fam}; the kernel only allows "
+            self.err(doc, path, f"{addr} is IPv{version} but the service is {svc_fam}; the kernel only allows "
                                 "mixed families with 'forward: tun'")
             return None
         if fwd in (FWD_DROUTE, FWD_TUNNEL) and port_given and port != svc_port and svc_port:
