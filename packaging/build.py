@@ -159,6 +159,8 @@ def contents(st: Path, fmt: str) -> list[dict]:
             0o644,
             **doc,
         ),
+        *(f(ex, f"/usr/share/doc/ipvsync/examples/scale-out/{ex.name}", 0o644, **doc)
+          for ex in sorted((ROOT / "docs" / "examples").iterdir()) if ex.is_file()),
         f(HERE / "copyright", "/usr/share/doc/ipvsync/copyright", 0o644, **doc),
         f(st / "man" / "ipvsync.8.gz", "/usr/share/man/man8/ipvsync.8.gz", 0o644, **doc),
         f(st / "man" / "ipvsync.yaml.5.gz", "/usr/share/man/man5/ipvsync.yaml.5.gz", 0o644, **doc),
@@ -173,6 +175,7 @@ def contents(st: Path, fmt: str) -> list[dict]:
                 "/usr/share/doc/ipvsync",
                 "/usr/share/doc/ipvsync/examples",
                 "/usr/share/doc/ipvsync/examples/systemd",
+                "/usr/share/doc/ipvsync/examples/scale-out",
             )
         ]
     pkg = st / "pkg"

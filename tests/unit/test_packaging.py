@@ -53,7 +53,8 @@ COMMON_FILES = {
     "/usr/share/doc/ipvsync/examples/systemd/garp.conf",
     "/usr/share/man/man8/ipvsync.8.gz",
     "/usr/share/man/man5/ipvsync.yaml.5.gz",
-}
+} | {f"/usr/share/doc/ipvsync/examples/scale-out/{p.name}" for p in (ROOT / "docs" / "examples").iterdir()
+     if p.is_file()}
 DEB_FILES = COMMON_FILES | {"/lib/systemd/system/ipvsync.service"}
 RPM_FILES = COMMON_FILES | {"/usr/lib/systemd/system/ipvsync.service"}
 DEB_PYDIR = "/usr/lib/python3/dist-packages"
