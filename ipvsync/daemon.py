@@ -330,6 +330,8 @@ class Daemon:
         if self.health is not None:
             serving = self._serving(new, observed)
             self.health.update(new, serving, self.state.health if old is None else None)
+            if old is None:
+                self.quorum = self.start_quorum(new, observed)
         result = self.converge_with(new, "reload", scope)
         if not result.ok:
             if old is not None and self.health is not None:
@@ -343,6 +345,19 @@ class Daemon:
         log.info("config %s (%s): %d kernel operation(s) in %.3f s", "loaded" if old is None else "reloaded", why,
                  n, result.seconds, extra={"CONFIG_FILE": new.file, "RESULT": "applied"})
         return ReloadOutcome(0, f"applied {n} operation(s) in {result.seconds:.3f} s", [], now)
+
+    @staticmethod
+    def start_quorum(config: Config, observed: Observed) -> Any:
+        """At start, an anycast service (withdraw_vip) whose VIP is not bound yet counts as below
+        quorum until its checks say otherwise: announcing a VIP before any real server is known to be
+        up (and withdrawing it a second later) would draw traffic to a director that cannot serve it.
+        A VIP already bound (a restart) stays bound: its serving real servers start up."""
+        from ipvsync.health.effective import QuorumState
+
+        below = {s.name for s in config.services
+                 if s.withdraw_vip and s.quorum and s.vips
+                 and not any(Vip(a, config.vip_interface) in observed.addresses for a in s.vips)}
+        return QuorumState(frozenset(below))
 
     def _remember_drain_timeouts(self, old: Config | None) -> None:
         if old is not None:

@@ -289,6 +289,8 @@ def test_operator_surface(netns: Netns, topology: Callable[..., Topology], tmp_p
     # -- traffic: only s0 serves web
     answers = topo.client.ask(VIP, 80, count=6)
     assert answers == [topo.servers[0].name] * 6, answers
+    # the kernel folds its per-CPU counters into what it reports every 2 s: wait for them
+    wait_for(lambda: rs_of(d.status())[("web", web(0))]["connections"] >= 6, 15, "s0's connection counter")
 
     # -- status --json (the CLI), validated against the schema; the text; plan both ways
     js = d.cli("status", "--json")
