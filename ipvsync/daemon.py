@@ -267,7 +267,8 @@ class Daemon:
             return None
         before = old.by_key()
         scope = {s.key for s in new.services if before.get(s.key) != s}
-        scope |= {k for k in before if k not in {s.key for s in new.services}}
+        now = {s.key for s in new.services}
+        scope |= {k for k in before if k not in now}
         return scope
 
     def deletion_guard(self, new: Config, live: set[ServiceKey]) -> str | None:

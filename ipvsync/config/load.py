@@ -123,7 +123,7 @@ def _convert(node: yaml.Node, doc: Document, path: Path, errors: list[ConfigErro
             return [_convert(child, doc, path + (i,), errors, budget, active) for i, child in enumerate(node.value)]
         out: dict[str, Any] = {}
         for knode, vnode in node.value:
-            if knode.tag == "tag:yaml.org,2002:merge":
+            if knode.tag == "tag:yaml.org,2002:merge" or (knode.value == "<<" and not getattr(knode, "style", None)):
                 errors.append(doc.error(path, "YAML merge keys (<<) are not supported; write the keys out"))
                 continue
             if not isinstance(knode, yaml.ScalarNode):
@@ -149,7 +149,8 @@ def parse(text: str, file: str) -> Document:
     doc = Document(file, None)
     try:
         try:
-            nodes = list(yaml.compose_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+            # libyaml with the base resolver: no implicit-tag regexes per scalar (we type scalars ourselves)
+            nodes = list(yaml.compose_all(text, Loader=getattr(yaml, "CBaseLoader", yaml.SafeLoader)))
         except yaml.YAMLError:
             # libyaml is fast; the pure-Python parser words its errors better: re-parse for the message
             nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
