@@ -69,30 +69,6 @@ def _validator() -> Any:
     return Draft202012Validator(_inline({k: v for k, v in root.items() if k != "$defs"}, root["$defs"]))
 
 
-def _leaf_errors(error: Any) -> list[Any]:
-    """For oneOf/anyOf, descend into the branch that matches the instance's type."""
-    if error.validator in ("oneOf", "anyOf") and error.context:
-        inst = error.instance
-        want = ("object" if isinstance(inst, dict) else "array" if isinstance(inst, list) else
-                "string" if isinstance(inst, str) else "boolean" if isinstance(inst, bool) else
-                "number" if isinstance(inst, (int, float)) else "null")
-        by_branch: dict[int, list[Any]] = {}
-        for sub in error.context:
-            by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
-        for subs in by_branch.values():
-            if any(s.validator == "type" and len(s.relative_schema_path) == 2 for s in subs):
-                continue  # this branch is for another type
-            if all(s.validator in ("type",) for s in subs):
-                continue
-            # the branch matches the type but something inside is wrong: report that
-            if want in ("object", "array", "string", "number"):
-                out: list[Any] = []
-                for s in subs:
-                    out.extend(_leaf_errors(s))
-                return out
-    return [error]
-
-
 def _message(error: Any) -> str:
     v = error.validator
     inst = error.instance
@@ -107,11 +83,6 @@ def _message(error: Any) -> str:
         return f"{inst!r} is not one of: {', '.join(str(x) for x in error.validator_value)}"
     if v == "const":
         return f"{inst!r} is not allowed; expected {error.validator_value!r}"
-    if v == "oneOf" and error.schema.get("description"):
-        desc = error.schema["description"]
-        return f"{inst!r} is not valid: expected {desc[0].lower()}{desc[1:]}"
-    if v == "propertyNames":
-        return f"{error.message}"
     if v == "pattern" and error.schema.get("description"):
         return f"{inst!r} does not match {error.validator_value!r} ({error.schema['description']})"
     return error.message
@@ -136,22 +107,18 @@ _SERVICE_ERRORS: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
 
 
 def _collect(validator: Any, instance: Any, prefix: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
-    """(path, message) for every leaf error, paths made absolute with `prefix`."""
+    """(path, message) for every error, paths made absolute with `prefix`. The schema uses
+    if/then/else rather than oneOf, so jsonschema already reports the error of the matching shape."""
     out: list[tuple[tuple[Any, ...], str]] = []
     seen: set[tuple[Any, str]] = set()
     for err in validator.iter_errors(instance):
-        for leaf in _leaf_errors(err):
-            path = prefix + tuple(leaf.absolute_path)
-            if "propertyNames" in leaf.absolute_schema_path:
-                path = path + (leaf.instance,) if isinstance(leaf.instance, str) else path
-                msg = f"service name {leaf.instance!r} must match ^[a-z0-9][a-z0-9_.-]{{0,62}}$"
-            else:
-                msg = _message(leaf)
-                if leaf.validator == "additionalProperties" and isinstance(leaf.instance, dict):
-                    extra = sorted(set(leaf.instance) - set(leaf.schema.get("properties", {})))
-                    if len(extra) == 1:
-                        path = path + (extra[0],)
-            if (path, msg) not in seen:
+        path = prefix + tuple(err.absolute_path)
+        msg = _message(err)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if len(extra) == 1:
+                path = path + (extra[0],)
+        if (path, msg) not in seen:
                 seen.add((path, msg))
                 out.append((path, msg))
     return out
