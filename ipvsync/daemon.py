@@ -164,9 +164,10 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------- kernel
 
-    def observe(self, config: Config) -> Observed:
+    def observe(self, config: Config, only: set[ServiceKey] | None = None) -> Observed:
+        """The kernel as the planner needs it for `config` (only those services, when given)."""
         return self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
-            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None)
+            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=only)
 
     def desired_for(self, config: Config, observed: Observed, now_mono: float,
                     commit: bool = True) -> tuple[Desired, Desired]:
@@ -213,15 +214,14 @@ class Daemon:
         `scope` narrows the work to those services (a health verdict or a one-service edit must
         not re-read 10,000 real servers); None means everything. Drift elsewhere is the periodic
         reconcile's job."""
-        observed = self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
-            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=scope)
+        observed = self.observe(config, scope)
         old_drains = self.state.drains
         desired, _declared = self.desired_for(config, observed, time.monotonic())
-        owned = self.state.owned
         if scope is not None:
             # records of services outside the scope were not visited: keep them, and their VIPs
-            self.state.drains = {**{k: v for k, v in old_drains.items()
-                                    if k.split("|", 1)[0] not in {str(x) for x in scope}}, **self.state.drains}
+            visited = {str(x) for x in scope}
+            self.state.drains = {**{k: v for k, v in old_drains.items() if k.split("|", 1)[0] not in visited},
+                                 **self.state.drains}
             vips = dict(desired.vips)
             for rec in self.state.drains.values():
                 for addr in rec.get("vips", []):
@@ -229,15 +229,14 @@ class Daemon:
             desired = replace(desired, services={k: v for k, v in desired.services.items() if k in scope},
                               vips=vips)
         assert self.applier is not None
-        p = plan(desired, observed, owned, sync_daemons=config.sync_daemons, timeouts=config.ipvs_timeouts)
+        p = plan(desired, observed, self.state.owned, sync_daemons=config.sync_daemons,
+                 timeouts=config.ipvs_timeouts)
         if not p:
             return ApplyResult(p)  # keep last_apply: the last apply that changed something (metrics)
         # owned services outside the scope are safe: the planner only deletes what it observed
         result = self.applier.converge(
             desired, observed, self.state, sync_daemons=config.sync_daemons, timeouts=config.ipvs_timeouts,
-            first_plan=p, reobserve=lambda: self.kernel.observe(
-                config.vip_interface, daemons=bool(config.sync_daemons) or bool(self.state.owned.daemons),
-                timeouts=config.ipvs_timeouts is not None, only=scope))
+            first_plan=p, reobserve=lambda: self.observe(config, scope))
         self.counters["applies"] += 1
         self.last_apply = result
         names = {**p.names}
@@ -321,7 +320,7 @@ class Daemon:
         if old is not None and new.digest == old.digest and why != "start":
             return ReloadOutcome(0, "config unchanged", [], now)
         scope = self.reload_scope(old, new)
-        observed = self.kernel.observe(new.vip_interface, only=scope)
+        observed = self.observe(new, scope)
         live_keys = {s.key for s in self.kernel.ipvs.services()} if scope is not None else set(observed.services)
         guard = self.deletion_guard(new, live_keys)
         if guard:
