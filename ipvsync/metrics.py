@@ -56,6 +56,15 @@ class DaemonCollector:
         drained = GaugeMetricFamily("ipvsync_real_server_drained", "1 while drained by an operator", labels=labels)
         below = GaugeMetricFamily("ipvsync_service_below_quorum", "1 while the service is below quorum",
                                   labels=["service"])
+
+        def kernel_samples(lv: list[str], kd: Any) -> None:
+            """What the kernel reports for one real server."""
+            ew.add_metric(lv, kd.attrs.weight)
+            for fam, value in ((act, kd.stats.active), (ina, kd.stats.inactive), (conns, kd.stats.conns),
+                               (pin, kd.stats.inpkts), (pout, kd.stats.outpkts), (bin_, kd.stats.inbytes),
+                               (bout, kd.stats.outbytes)):
+                fam.add_metric(lv, value)
+
         if cfg is not None:
             try:
                 from ipvsync.kernel.ipvs import IpvsSocket
@@ -78,27 +87,12 @@ class DaemonCollector:
                     kd = have.dests.get(rs.key) if have else None
                     if kd is None:
                         ew.add_metric(lv, 0)
-                        continue
-                    ew.add_metric(lv, kd.attrs.weight)
-                    act.add_metric(lv, kd.stats.active)
-                    ina.add_metric(lv, kd.stats.inactive)
-                    conns.add_metric(lv, kd.stats.conns)
-                    pin.add_metric(lv, kd.stats.inpkts)
-                    pout.add_metric(lv, kd.stats.outpkts)
-                    bin_.add_metric(lv, kd.stats.inbytes)
-                    bout.add_metric(lv, kd.stats.outbytes)
+                    else:
+                        kernel_samples(lv, kd)
+                configured = {rs.key for rs in svc.real_servers}
                 for dk, kd in (have.dests.items() if have else ()):
-                    if svc.real_server(dk) is not None:
-                        continue  # draining after leaving the config: still carries connections
-                    lv = [svc.name, str(dk)]
-                    ew.add_metric(lv, kd.attrs.weight)
-                    act.add_metric(lv, kd.stats.active)
-                    ina.add_metric(lv, kd.stats.inactive)
-                    conns.add_metric(lv, kd.stats.conns)
-                    pin.add_metric(lv, kd.stats.inpkts)
-                    pout.add_metric(lv, kd.stats.outpkts)
-                    bin_.add_metric(lv, kd.stats.inbytes)
-                    bout.add_metric(lv, kd.stats.outbytes)
+                    if dk not in configured:  # draining after leaving the config: still carries connections
+                        kernel_samples([svc.name, str(dk)], kd)
         yield from (up, cw, ew, act, ina, conns, pin, pout, bin_, bout, drained, below)
         reloads = CounterMetricFamily("ipvsync_reloads", "Config reloads by result", labels=["result"])
         c = d.counters

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from ipvsync.model import FORWARD_NAMES, PROTOCOL_NAMES
+from ipvsync.model import FORWARD_NAMES, PROTOCOL_NAMES, DestStats
 
 STATUS_VERSION = 1
 
@@ -27,6 +27,15 @@ def _since(t: float | None) -> str:
     if d < 172800:
         return f"{d // 3600}h"
     return f"{d // 86400}d"
+
+
+def _kernel_fields(kd: Any) -> dict[str, int]:
+    """Connection and traffic counters of one real server as the kernel reports them (0 if absent)."""
+    st = kd.stats if kd is not None else DestStats()
+    return {"active_connections": st.active, "inactive_connections": st.inactive,
+            "connections_per_second": st.cps, "in_bytes_per_second": st.inbps,
+            "out_bytes_per_second": st.outbps, "connections": st.conns, "in_packets": st.inpkts,
+            "out_packets": st.outpkts, "in_bytes": st.inbytes, "out_bytes": st.outbytes}
 
 
 def build_status(daemon: Any, only: str | None = None) -> dict[str, Any]:
@@ -64,29 +73,18 @@ def build_status(daemon: Any, only: str | None = None) -> dict[str, Any]:
                 "health": state, "check": h.get("check", rs.health.get("type", "none")),
                 "since": h.get("since") if h else None, "last_failure": h.get("last_reason", "") if h else "",
                 "flapping": bool(h.get("flapping")) if h else False,
-                "drained_by": op, "active_connections": kd.stats.active if kd else 0,
-                "inactive_connections": kd.stats.inactive if kd else 0,
-                "connections_per_second": kd.stats.cps if kd else 0,
-                "in_bytes_per_second": kd.stats.inbps if kd else 0,
-                "out_bytes_per_second": kd.stats.outbps if kd else 0,
-                "connections": kd.stats.conns if kd else 0,
-                "in_packets": kd.stats.inpkts if kd else 0, "out_packets": kd.stats.outpkts if kd else 0,
-                "in_bytes": kd.stats.inbytes if kd else 0, "out_bytes": kd.stats.outbytes if kd else 0,
+                "drained_by": op, **_kernel_fields(kd),
             })
         # real servers draining after leaving the config
         if have is not None:
+            configured = {rs.key for rs in svc.real_servers}
             for dk, d in sorted(have.dests.items()):
-                if svc.real_server(dk) is None:
+                if dk not in configured:
                     rss.append({"address": dk.address, "port": dk.port, "real_server": str(dk),
                                 "forward": FORWARD_NAMES.get(d.attrs.forward, ""), "configured_weight": None,
                                 "effective_weight": 0, "kernel_weight": d.attrs.weight, "health": "draining",
                                 "check": "none", "since": None, "last_failure": "", "flapping": False,
-                                "drained_by": None, "active_connections": d.stats.active,
-                                "inactive_connections": d.stats.inactive, "connections_per_second": d.stats.cps,
-                                "in_bytes_per_second": d.stats.inbps, "out_bytes_per_second": d.stats.outbps,
-                                "connections": d.stats.conns, "in_packets": d.stats.inpkts,
-                                "out_packets": d.stats.outpkts, "in_bytes": d.stats.inbytes,
-                                "out_bytes": d.stats.outbytes})
+                                "drained_by": None, **_kernel_fields(d)})
         services.append({
             "name": svc.name, "key": str(svc.key), "vip": svc.key.address or None, "port": svc.key.port or None,
             "protocol": PROTOCOL_NAMES.get(svc.key.protocol) if not svc.key.fwmark else None,
