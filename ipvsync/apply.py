@@ -265,7 +265,8 @@ class Applier:
             if not replan:
                 break
             observed = reobserve() if reobserve is not None else self.kernel.observe(
-                desired.vip_interface, daemons=bool(sync_daemons), timeouts=timeouts is not None)
+                desired.vip_interface, daemons=bool(sync_daemons) or bool(state.owned.daemons),
+                timeouts=timeouts is not None)
             p = plan(desired, observed, owned, sync_daemons=sync_daemons, timeouts=timeouts)
         result.applied = done
         result.adopted = adopted

@@ -65,9 +65,10 @@ def open_kernel() -> Any:
         sys.exit(EXIT_KERNEL)
 
 
-def _observe(kernel: Any, config: Any) -> Any:
+def _observe(kernel: Any, config: Any, state: Any) -> Any:
     try:
-        return kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons),
+        # sync daemons are read when the config has some or ipvsync started some (to stop them)
+        return kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(state.owned.daemons),
                               timeouts=config.ipvs_timeouts is not None)
     except PermissionError:
         _err("permission denied reading IPVS: run as root (needs CAP_NET_ADMIN)")
@@ -127,7 +128,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return EXIT_PENDING if args.exit_code and live.get("operations") else EXIT_OK
     _store, state = _state(args)
     with open_kernel() as kernel:
-        observed = _observe(kernel, config)
+        observed = _observe(kernel, config, state)
     p = plan(from_config(config), observed, state.owned, sync_daemons=config.sync_daemons,
              timeouts=config.ipvs_timeouts)
     if args.json:
@@ -158,7 +159,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         store, state = _state(args)
         with open_kernel() as kernel:
-            observed = _observe(kernel, config)
+            observed = _observe(kernel, config, state)
             from ipvsync.preflight import preflight
 
             problems = preflight(config, observed)

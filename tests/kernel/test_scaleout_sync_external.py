@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from test_scaleout_anycast import FALL, INTERVAL, TIMEOUT, VIP, Daemon, veth, wait_for
-from uml.netns import Netns, Topology
+from uml.netns import IpvsyncCmd, Netns, Topology
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -165,3 +165,27 @@ def test_vip_mode_external_follows_state_file(netns: Netns, topology: Callable[.
         assert vrrp_vip() and no_ipvsync_vip()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.log()[-4000:]}") from None
+
+
+def test_apply_stops_the_sync_daemon_it_started_when_it_leaves_the_config(
+        netns: Netns, ipvsync_cmd: IpvsyncCmd, tmp_path: Path) -> None:
+    """`ipvsync apply` converges sync daemons like services: one it started and the config no longer
+    lists is stopped; one it did not start (made with ipvsadm) is left alone."""
+    netns.run(["ip", "link", "add", "sync0", "type", "dummy"])
+    netns.run(["ip", "link", "set", "sync0", "up", "multicast", "on"])
+    cfg = tmp_path / "ipvsync.yaml"
+    base = "version: 1\nvip_mode: external\nservices: {}\nallow_empty: true\n"
+    cfg.write_text(base + "sync_daemon: [{role: master, interface: sync0, syncid: 3}]\n")
+    r = ipvsync_cmd(netns, "apply", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert sync_daemons(netns) == ["master sync daemon (mcast=sync0, syncid=3"]
+    cfg.write_text(base)
+    r = ipvsync_cmd(netns, "plan", "-c", cfg, "--exit-code")
+    assert r.returncode == 3 and "stop sync daemon master" in r.stdout, (r.stdout, r.stderr)
+    r = ipvsync_cmd(netns, "apply", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert sync_daemons(netns) == []
+    netns.run(["ipvsadm", "--start-daemon", "backup", "--mcast-interface", "sync0", "--syncid", "4"])
+    r = ipvsync_cmd(netns, "apply", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    assert sync_daemons(netns) == ["backup sync daemon (mcast=sync0, syncid=4"]
