@@ -16,6 +16,7 @@ import stat
 from functools import lru_cache
 from typing import Any
 
+from ipvsync.config.chunks import index_chunks, parse_services_incrementally
 from ipvsync.config.load import ConfigError, ConfigInvalid, Document, Path, parse
 from ipvsync.config.schema import validate
 from ipvsync.config.spec import DEFAULT_DRAIN_TIMEOUT, Config, Origin, RealServer, Service, SourceFile
@@ -386,6 +387,8 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
 
 
 _SERVICE_CACHE: dict[tuple[str, int, str, str, str], Service] = {}
+# per file: id(raw service value) -> (that value, (line, name, defaults), Service), from the last good load
+_LAST_SEEN: dict[str, dict[int, tuple[Any, tuple[int, str, str], Service]]] = {}
 
 
 MAX_CONFIG_BYTES = 64 << 20
@@ -414,7 +417,13 @@ def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Doc
         line, col = _line_col(data, data.index(b"\0"))
         msg = "the file contains NUL bytes; expected YAML text"
         raise ConfigInvalid([ConfigError(path, line, col, "", msg)])
-    doc = parse(text, path)
+    doc = None
+    if cache is not None and path in cache and cache[path][1].chunks:
+        doc = parse_services_incrementally(text, path, cache[path][1].chunks)
+    if doc is None:
+        doc = parse(text, path)
+        if cache is not None:
+            doc.chunks = index_chunks(text, doc)
     if cache is not None:
         cache[path] = (digest, doc)
     return doc, digest
@@ -465,20 +474,27 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
         b.health(main, ("defaults", "health"), defaults["health"])
     defaults_json = json.dumps(defaults, sort_keys=True, default=str)
     services: list[Service] = []
-    names: dict[str, Origin] = {}
+    names: dict[str, tuple[str, int]] = {}
     keys: dict[ServiceKey, Service] = {}
+    seen: dict[str, dict[int, tuple[Any, tuple[int, str, str], Service]]] = {}
     for doc, svcs in docs:
+        last = _LAST_SEEN.get(doc.file, {})
         for name, raw in svcs.items():
             spath: Path = ("services", name)
             if name in names:
-                b.err(doc, spath, f"duplicate service name {name!r} (first defined at {names[name].file}:"
-                                  f"{names[name].line})")
+                b.err(doc, spath, f"duplicate service name {name!r} (first defined at {names[name][0]}:"
+                                  f"{names[name][1]})")
                 continue
-            names[name] = b.origin(doc, spath)
-            ckey = (doc.file, doc.where(spath)[0], name, json.dumps(raw, sort_keys=True, default=str),
-                    defaults_json)
-            svc = _SERVICE_CACHE.get(ckey)
-            if svc is None:
+            line = doc.where(spath)[0]
+            names[name] = (doc.file, line)
+            hit = last.get(id(raw))
+            if hit is not None and hit[0] is raw and hit[1] == (line, name, defaults_json):
+                svc = hit[2]  # the very value parsed before (config.chunks reuse): no JSON key needed
+                ckey = None
+            else:
+                ckey = (doc.file, line, name, json.dumps(raw, sort_keys=True, default=str), defaults_json)
+                svc = _SERVICE_CACHE.get(ckey)
+            if svc is None and ckey is not None:
                 n_err = len(b.errors)
                 if "health" in raw:
                     b.health(doc, spath + ("health",), raw["health"])
@@ -492,6 +508,7 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
                     _SERVICE_CACHE[ckey] = svc
             if svc is None:
                 continue
+            seen.setdefault(doc.file, {})[id(raw)] = (raw, (line, name, defaults_json), svc)
             if svc.key in keys:
                 first = keys[svc.key]
                 b.err(doc, spath, f"duplicate service {svc.key}: same key as service {first.name!r} "
@@ -521,6 +538,9 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
             b.err(main, ("sync_daemon", i, "role"), f"a {d['role']} sync daemon is already listed; one per role")
         roles.add(d["role"])
         sync.append(SyncDaemon(role=d["role"], interface=d["interface"], syncid=d.get("syncid", 0)))
+    if not b.errors:
+        _LAST_SEEN.clear()
+        _LAST_SEEN.update(seen)
     if b.errors:
         raise ConfigInvalid(sorted(b.errors, key=lambda e: (e.file != path, e.file, e.line, e.column)))
     return Config(

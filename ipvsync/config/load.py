@@ -54,6 +54,7 @@ class Document:
     file: str
     data: Any
     marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    chunks: dict[str, Any] = field(default_factory=dict)  # services-block text -> Chunk (config.chunks)
 
     def where(self, path: Path) -> tuple[int, int]:
         """Line/column of the value at `path`, or of its nearest ancestor."""

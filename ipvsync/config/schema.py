@@ -104,6 +104,8 @@ def _name_ok(pattern: str, name: str) -> bool:
 
 
 _SERVICE_ERRORS: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
+# per file: id(service value) -> (that value, its errors), for values reused unchanged by config.chunks
+_LAST_SEEN: dict[str, dict[int, tuple[Any, list[tuple[tuple[Any, ...], str]]]]] = {}
 
 
 def _collect(validator: Any, instance: Any, prefix: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
@@ -139,15 +141,23 @@ def validate(doc: Document) -> list[ConfigError]:
         for name in services:
             if not _name_ok(pattern, name):
                 found.append((("services", name), f"service name {name!r} must match {pattern}"))
+        last = _LAST_SEEN.get(doc.file, {})
+        seen: dict[int, tuple[Any, list[tuple[tuple[Any, ...], str]]]] = {}
         for name, svc in services.items():
-            key = json.dumps(svc, sort_keys=True, default=str)
-            errs = _SERVICE_ERRORS.get(key)
-            if errs is None:
-                errs = _collect(_service_validator(), svc, ())
-                if len(_SERVICE_ERRORS) > 50_000:
-                    _SERVICE_ERRORS.clear()
-                _SERVICE_ERRORS[key] = errs
+            hit = last.get(id(svc))
+            if hit is not None and hit[0] is svc:  # the very value parsed before (config.chunks reuse)
+                errs = hit[1]
+            else:
+                key = json.dumps(svc, sort_keys=True, default=str)
+                errs = _SERVICE_ERRORS.get(key)
+                if errs is None:
+                    errs = _collect(_service_validator(), svc, ())
+                    if len(_SERVICE_ERRORS) > 50_000:
+                        _SERVICE_ERRORS.clear()
+                    _SERVICE_ERRORS[key] = errs
+            seen[id(svc)] = (svc, errs)
             found += [(("services", name) + path, msg) for path, msg in errs]
+        _LAST_SEEN[doc.file] = seen
     else:
         found += _collect(_validator(), data, ())
     errors = [doc.error(path, msg) for path, msg in found]
