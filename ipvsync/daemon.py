@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -207,14 +208,15 @@ class Daemon:
         for text in result.adopted:
             log.warning("adopted (made by another writer): %s", text)
 
-    def converge_with(self, config: Config, reason: str,
-                      scope: set[ServiceKey] | None = None) -> ApplyResult:
+    def converge_with(self, config: Config, reason: str, scope: set[ServiceKey] | None = None,
+                      observed: Observed | None = None) -> ApplyResult:
         """Observe, plan, apply for `config`; logs each change. Raises OSError on kernel errors.
 
         `scope` narrows the work to those services (a health verdict or a one-service edit must
         not re-read 10,000 real servers); None means everything. Drift elsewhere is the periodic
-        reconcile's job."""
-        observed = self.observe(config, scope)
+        reconcile's job. `observed`: the kernel just read for this config and scope, if the caller has it."""
+        if observed is None:
+            observed = self.observe(config, scope)
         old_drains = self.state.drains
         desired, _declared = self.desired_for(config, observed, time.monotonic())
         if scope is not None:
@@ -270,12 +272,17 @@ class Daemon:
         scope |= {k for k in before if k not in now}
         return scope
 
-    def deletion_guard(self, new: Config, live: set[ServiceKey]) -> str | None:
-        """Refuse a reload that deletes every owned service (or more than max_delete)."""
+    def deletion_guard(self, new: Config, live_keys: Callable[[], set[ServiceKey]]) -> str | None:
+        """Refuse a reload that deletes every owned service (or more than max_delete).
+
+        `live_keys` reads the kernel's services; only called when an owned service leaves."""
+        keys = {s.key for s in new.services}
+        if all(k in keys for k in self.state.owned.services):
+            return None  # nothing owned leaves: no need to read the kernel
+        live = live_keys()
         owned_live = [k for k in self.state.owned.services if k in live]
         if not owned_live:
             return None
-        keys = {s.key for s in new.services}
         leaving = [k for k in owned_live if k not in keys]
         if len(leaving) == len(owned_live) and not new.allow_empty:
             return (f"refusing to remove all {len(owned_live)} services ipvsync manages (empty or truncated "
@@ -289,20 +296,22 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------- reload
 
-    async def reload(self, why: str) -> ReloadOutcome:
-        """Load the config; apply it or keep the last good one. Synchronous for `ipvsync reload`."""
+    async def reload(self, why: str, digest: str | None = None) -> ReloadOutcome:
+        """Load the config; apply it or keep the last good one. Synchronous for `ipvsync reload`.
+
+        `digest`: the sources' raw digest when the caller has just computed it."""
         async with self.reload_lock:
             self.notifier.reloading()
-            outcome = self._reload(why)
+            outcome = self._reload(why, digest)
             self.last_reload = outcome
             key = {0: "reloads_applied", 1: "reloads_rejected"}.get(outcome.code, "reloads_rolled_back")
             self.counters[key] += 1
             self.notifier.ready(self.status_line())
             return outcome
 
-    def _reload(self, why: str) -> ReloadOutcome:
+    def _reload(self, why: str, digest: str | None = None) -> ReloadOutcome:
         now = time.time()
-        self.raw_digest = self.compute_raw_digest()
+        self.raw_digest = digest or self.compute_raw_digest()
         try:
             new = self.read_config()
         except ConfigInvalid as exc:
@@ -321,8 +330,8 @@ class Daemon:
             return ReloadOutcome(0, "config unchanged", [], now)
         scope = self.reload_scope(old, new)
         observed = self.observe(new, scope)
-        live_keys = {s.key for s in self.kernel.ipvs.services()} if scope is not None else set(observed.services)
-        guard = self.deletion_guard(new, live_keys)
+        guard = self.deletion_guard(new, lambda: {s.key for s in self.kernel.ipvs.services()}
+                                    if scope is not None else set(observed.services))
         if guard:
             log.error("config rejected: %s", guard, extra={"CONFIG_FILE": new.file})
             return ReloadOutcome(1, guard, [f"{new.file}: {guard}"], now)
@@ -332,7 +341,7 @@ class Daemon:
             self.health.update(new, serving, self.state.health if old is None else None)
             if old is None:
                 self.quorum = self.start_quorum(new, observed)
-        result = self.converge_with(new, "reload", scope)
+        result = self.converge_with(new, "reload", scope, observed)
         if not result.ok:
             if old is not None and self.health is not None:
                 self.health.update(old, self._serving(old, observed), None)
@@ -436,7 +445,7 @@ class Daemon:
         if "file" in reasons or "poll" in reasons:
             digest = self.compute_raw_digest()
             if digest != self.raw_digest:
-                await self.reload("file changed")
+                await self.reload("file changed", digest)
             reasons -= {"file", "poll"}
         if not reasons or self.config is None:
             return
@@ -549,10 +558,12 @@ class Daemon:
             if self.stopping:
                 break
             if "file" in self.pending:
-                await asyncio.sleep(SETTLE)  # fold a burst of editor events
+                # a save by rename is complete when its event arrives: act at once (later events of the
+                # same burst fold into a digest check). Never read a file half written in place (cp, >),
+                # nor a source an editor has moved away for an instant (vim's backup rename).
                 deadline = time.monotonic() + WRITE_WAIT
-                while self.writing and time.monotonic() < deadline:
-                    await asyncio.sleep(SETTLE)  # never read a file half written in place (cp, >)
+                while (self.writing or self._source_missing()) and time.monotonic() < deadline:
+                    await asyncio.sleep(SETTLE)
                 self.writing.clear()
             await self.tick()
 
@@ -644,10 +655,13 @@ class Daemon:
         observer.start()
         self.observer = observer
 
+    def _source_missing(self) -> bool:
+        return not all(os.path.exists(f) for f in self._source_files())
+
     def file_event(self, kind: str, path: str) -> None:
         """A watched directory changed; a source file modified in place is read once it is closed."""
         if path and os.path.abspath(path) in self._source_files():
-            if kind == "modified":
+            if kind == "modified" or (kind == "created" and os.path.isfile(path) and not os.path.islink(path)):
                 self.writing.add(path)
             elif kind in ("closed", "deleted", "moved"):
                 self.writing.discard(path)

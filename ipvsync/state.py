@@ -77,9 +77,15 @@ class StateStore:
             os.replace(self.path, self.path + ".corrupt")
             raise StateCorrupt(f"{self.path}: unreadable state ({exc}); moved to {self.path}.corrupt") from None
 
+    _written: bytes | None = None  # what this process last wrote: an unchanged state is not rewritten
+
     def save(self, state: State) -> None:
+        data = (json.dumps(state.to_json(), separators=(",", ":")) + "\n").encode()
+        if data == self._written and os.path.exists(self.path):
+            return  # no temp file, fsync and rename per weight edit when nothing recorded changed
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        atomic_write(self.path, (json.dumps(state.to_json(), separators=(",", ":")) + "\n").encode())
+        atomic_write(self.path, data)
+        self._written = data
 
 
 class StateCorrupt(Exception):
