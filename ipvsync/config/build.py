@@ -16,7 +16,7 @@ import stat
 from functools import lru_cache
 from typing import Any
 
-from ipvsync.config.chunks import index_chunks, parse_services_incrementally
+from ipvsync.config.chunks import parse_services_incrementally
 from ipvsync.config.load import ConfigError, ConfigInvalid, Document, Path, parse
 from ipvsync.config.schema import validate
 from ipvsync.config.spec import DEFAULT_DRAIN_TIMEOUT, Config, Origin, RealServer, Service, SourceFile
@@ -417,13 +417,10 @@ def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Doc
         line, col = _line_col(data, data.index(b"\0"))
         msg = "the file contains NUL bytes; expected YAML text"
         raise ConfigInvalid([ConfigError(path, line, col, "", msg)])
-    doc = None
-    if cache is not None and path in cache and cache[path][1].chunks:
-        doc = parse_services_incrementally(text, path, cache[path][1].chunks)
+    # service by service (reusing the previous parse's unchanged services); anything unusual: in full
+    doc = parse_services_incrementally(text, path, cache[path][1].chunks if cache and path in cache else {})
     if doc is None:
         doc = parse(text, path)
-        if cache is not None:
-            doc.chunks = index_chunks(text, doc)
     if cache is not None:
         cache[path] = (digest, doc)
     return doc, digest
@@ -460,7 +457,8 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
                 errors.append(idoc.error((k,), f"an included file holds only 'services:'; {k!r} belongs in {path}"))
             if extra:
                 continue
-            ierrs = validate(Document(idoc.file, {"version": 1, **idoc.data}, idoc.marks))
+            ierrs = validate(Document(idoc.file, {"version": 1, **idoc.data}, idoc.marks,
+                                       service_marks=idoc.service_marks))
             if ierrs:
                 errors.extend(ierrs)
                 continue

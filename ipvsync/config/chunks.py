@@ -106,7 +106,7 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
     bounds = starts + [end]
     chunks: dict[str, Chunk] = {}
     services: dict[str, Any] = {}
-    marks: dict[Path, tuple[int, int]] = {}
+    marks: dict[str, dict[Path, tuple[int, int]]] = {}
     line = text.count("\n", 0, starts[0])
     nodes = 1
     pos = starts[0]
@@ -127,7 +127,7 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
         if chunk.name in services:
             return None  # duplicate service: the full parse words that error
         services[chunk.name] = chunk.value
-        marks.update(chunk.marks)
+        marks[chunk.name] = chunk.marks
         if "*" not in piece:  # an alias's value depends on another chunk: never reuse it
             chunks[piece] = chunk
     n_block = text.count("\n", start, end)
@@ -146,36 +146,8 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
     if budget[0] > MAX_NODES:
         return None
     data["services"] = services
-    head.marks.update(marks)
+    head.service_marks = marks
     head.data = data
     head.chunks = chunks
     return head
 
-
-def index_chunks(text: str, doc: Document) -> dict[str, Chunk]:
-    """Chunks of a fully parsed document, so that the next edit can be parsed incrementally."""
-    shape = _bounds(text)
-    services = doc.data.get("services") if isinstance(doc.data, dict) else None
-    if shape is None or not isinstance(services, dict):
-        return {}
-    start, end, indent, starts = shape
-    if len(starts) != len(services):
-        return {}
-    per: dict[Any, dict[Path, tuple[int, int]]] = {name: {} for name in services}
-    for p, m in doc.marks.items():
-        if len(p) >= 2 and p[0] == "services":
-            per[p[1]][p] = m
-    out: dict[str, Chunk] = {}
-    bounds = starts + [end]
-    line = 0
-    pos = 0
-    for i, (name, value) in enumerate(services.items()):
-        s = starts[i]
-        line += text.count("\n", pos, s)
-        pos = s
-        if per[name].get(("services", name), (0, 0))[0] != line + 1:
-            return {}  # keys not where the chunks start: not our shape
-        piece = text[s:bounds[i + 1]]
-        if "*" not in piece:
-            out[piece] = Chunk(line, name, value, per[name])
-    return out

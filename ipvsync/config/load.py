@@ -55,15 +55,30 @@ class Document:
     data: Any
     marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     chunks: dict[str, Any] = field(default_factory=dict)  # services-block text -> Chunk (config.chunks)
+    # service name -> marks under ("services", name), when kept per service (config.chunks)
+    service_marks: dict[str, dict[Path, tuple[int, int]]] = field(default_factory=dict)
 
     def where(self, path: Path) -> tuple[int, int]:
         """Line/column of the value at `path`, or of its nearest ancestor."""
         p = tuple(path)
+        if len(p) >= 2 and p[0] == "services" and p[1] in self.service_marks:
+            sub = self.service_marks[p[1]]
+            while len(p) >= 2:
+                if p in sub:
+                    return sub[p]
+                p = p[:-1]
         while p:
             if p in self.marks:
                 return self.marks[p]
             p = p[:-1]
         return self.marks.get((), (1, 1))
+
+    def all_marks(self) -> dict[Path, tuple[int, int]]:
+        """Every mark in one mapping (tests and tools; `where` is the lookup)."""
+        out = dict(self.marks)
+        for sub in self.service_marks.values():
+            out.update(sub)
+        return out
 
     def error(self, path: Path, message: str) -> ConfigError:
         line, col = self.where(path)

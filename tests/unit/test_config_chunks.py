@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ipvsync.config.chunks import index_chunks, parse_services_incrementally
+from ipvsync.config.chunks import parse_services_incrementally
 from ipvsync.config.load import ConfigInvalid, parse
 
 
@@ -30,19 +30,19 @@ def full(text: str) -> tuple[str, object]:
         doc = parse(text, "f.yaml")
     except ConfigInvalid as exc:
         return "error", [str(e) for e in exc.errors]
-    return "ok", (doc.data, doc.marks)
+    return "ok", (doc.data, doc.all_marks())
 
 
 def incremental(before: str, after: str) -> tuple[str, object] | None:
     """What the daemon's cache path gives for `after` once `before` was parsed in full."""
-    try:
-        chunks = index_chunks(before, parse(before, "f.yaml"))
-    except ConfigInvalid:
+    if full(before)[0] != "ok":
         return None  # an invalid file is never cached
+    first = parse_services_incrementally(before, "f.yaml", {})
+    chunks = first.chunks if first is not None else {}
     doc = parse_services_incrementally(after, "f.yaml", chunks)
     if doc is None:
         return None
-    return "ok", (doc.data, doc.marks)
+    return "ok", (doc.data, doc.all_marks())
 
 
 def check(before: str, after: str, *, fast: bool | None = None) -> None:
@@ -57,9 +57,11 @@ def test_one_weight_edit_is_incremental_and_exact() -> None:
     check(config(), config(weights={7: 5}), fast=True)
 
 
-def test_chunks_index_every_service() -> None:
+def test_first_parse_is_by_chunks_and_exact() -> None:
     text = config(12)
-    assert len(index_chunks(text, parse(text, "f.yaml"))) == 12
+    doc = parse_services_incrementally(text, "f.yaml", {})
+    assert doc is not None and len(doc.chunks) == 12
+    assert ("ok", (doc.data, doc.all_marks())) == full(text)
 
 
 def test_lines_inserted_above_shift_marks() -> None:
