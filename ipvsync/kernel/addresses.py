@@ -37,6 +37,53 @@ def _oserror(exc: Exception) -> OSError:
     return OSError(_errno.EIO, str(exc))
 
 
+def import_iproute() -> Any:
+    """pyroute2's IPRoute class, without running pyroute2/__init__.py when nobody has yet.
+
+    That __init__ imports every API of the library (NDB, IPDB, conntrack, devlink, ipset, ...):
+    6-10 MB of RSS and most of the ~2 s import under UML, none of it needed to write addresses.
+    So the package is registered as a shell over its own files and only pyroute2.iproute.linux
+    loads; the shell runs the real __init__ the first time anyone asks it for another name, so
+    `from pyroute2 import X` elsewhere in the process still works. Any failure: a plain import.
+    """
+    import sys
+
+    if "pyroute2" not in sys.modules:
+        import importlib.util
+        import types
+
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is not None and spec.loader is not None and spec.submodule_search_locations:
+            shell = types.ModuleType("pyroute2")
+            shell.__path__ = list(spec.submodule_search_locations)
+            shell.__spec__ = spec
+            shell.__file__ = spec.origin
+            shell.__loader__ = spec.loader
+
+            loading = [True]
+
+            def complete(name: str) -> Any:
+                if loading[0] or name.startswith("__") or importlib.util.find_spec(f"pyroute2.{name}"):
+                    raise AttributeError(name)  # a submodule: the import system loads it on its own
+                del shell.__getattr__  # type: ignore[attr-defined]
+                spec.loader.exec_module(shell)  # type: ignore[union-attr]
+                return getattr(shell, name)
+
+            shell.__getattr__ = complete  # type: ignore[attr-defined]
+            sys.modules["pyroute2"] = shell
+            try:
+                from pyroute2.iproute.linux import IPRoute
+
+                loading[0] = False
+                return IPRoute
+            except Exception:
+                for name in [n for n in sys.modules if n == "pyroute2" or n.startswith("pyroute2.")]:
+                    del sys.modules[name]
+    from pyroute2 import IPRoute
+
+    return IPRoute
+
+
 class LinkWriter:
     """Link and address writes through a lazy IPRoute.
 
@@ -57,9 +104,7 @@ class LinkWriter:
     @property
     def ipr(self) -> Any:
         if self._ipr is None:
-            from pyroute2 import IPRoute
-
-            self._ipr = IPRoute()
+            self._ipr = import_iproute()()
         return self._ipr
 
     def close(self) -> None:
