@@ -58,6 +58,9 @@ def address_kind(text: str) -> tuple[str, int, str]:
     return str(ip), ip.version, bad
 
 
+NO_HEALTH: dict[str, Any] = {"type": "none"}  # shared by every real server without checks: never mutate
+_SHARED_ATTRS: dict[DestAttrs, DestAttrs] = {}
+
 BUILTIN_DEFAULTS: dict[str, Any] = {"protocol": "tcp", "scheduler": "wlc", "forward": "nat", "weight": 1}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -376,7 +379,8 @@ class _Builder:
         attrs = DestAttrs(forward=fwd, weight=weight, u_threshold=upper, l_threshold=lower,
                           tun_type=tun[0] if fwd == FWD_TUNNEL else 0, tun_port=tun[1] if fwd == FWD_TUNNEL else 0,
                           tun_flags=tun[2] if fwd == FWD_TUNNEL else 0)
-        health_block = raw.get("health", inherited_health) or {"type": "none"}
+        attrs = _SHARED_ATTRS.setdefault(attrs, attrs)  # 10k real servers, a handful of distinct values
+        health_block = raw.get("health", inherited_health) or NO_HEALTH
         return RealServer(key=DestKey(addr, port), family=rs_family, attrs=attrs, origin=self.origin(doc, path),
                           health=health_block)
 

@@ -15,7 +15,7 @@ DEFAULT_DRAIN_TIMEOUT = 300.0
 DEFAULT_RECONCILE_INTERVAL = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where a desired object was declared."""
 
@@ -27,7 +27,7 @@ class Origin:
         return f"{self.file}:{self.line} {self.path}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServer:
     key: DestKey
     family: int
@@ -40,7 +40,7 @@ class RealServer:
         return str(self.key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     key: ServiceKey
@@ -63,7 +63,7 @@ class Service:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """A file the config was read from, with the hash the daemon uses to skip unchanged reloads."""
 
@@ -71,7 +71,7 @@ class SourceFile:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     services: tuple[Service, ...]
