@@ -267,7 +267,7 @@ class Daemon:
                 new.vip_interface, new.vip_mode, new.sync_daemons, new.ipvs_timeouts, new.sysctls):
             return None
         before = old.by_key()
-        scope = {s.key for s in new.services if before.get(s.key) != s}
+        scope = {s.key for s in new.services if before.get(s.key) is not s and before.get(s.key) != s}
         now = {s.key for s in new.services}
         scope |= {k for k in before if k not in now}
         return scope
