@@ -170,22 +170,33 @@ class Daemon:
         return self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
             self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=only)
 
-    def desired_for(self, config: Config, observed: Observed, now_mono: float,
-                    commit: bool = True) -> tuple[Desired, Desired]:
+    def desired_for(self, config: Config, observed: Observed, now_mono: float, commit: bool = True,
+                    scope: set[ServiceKey] | None = None) -> tuple[Desired, Desired]:
         """(effective desired, declared desired) for a config against the observed kernel.
 
-        With commit=False (status, plan previews) quorum and drain records are computed, not kept."""
+        With commit=False (status, plan previews) quorum and drain records are computed, not kept.
+        With a `scope`, health and quorum are evaluated for those services only (a one-service edit
+        must not walk 10,000 real servers), unless a VIP may be withdrawn: that needs every service."""
         declared = from_config(config)
         desired = declared
         if self.health is not None:
             from ipvsync.health.effective import QuorumState, evaluate
 
-            op_drains = {(svc.name, rs.key) for svc in config.services for rs in svc.real_servers
-                         if rs_id_key(svc.name, rs.key) in self.state.operator_drains}
+            prev = self.quorum or QuorumState()
+            view, part = config, declared
+            if scope is not None and not any(s.withdraw_vip for s in config.services):
+                view = replace(config, services=tuple(s for s in config.services if s.key in scope))
+                part = replace(declared, services={k: v for k, v in declared.services.items() if k in scope})
+            op_drains = {(svc.name, rs.key) for svc in view.services for rs in svc.real_servers
+                         if rs_id_key(svc.name, rs.key) in self.state.operator_drains
+                         } if self.state.operator_drains else set()
             verdicts = self.health.verdicts()  # frozen by the monitor while paused (ha_suspend)
             file_weights = self.health.file_weights()
-            desired, quorum = evaluate(declared, config, verdicts, op_drains, file_weights, now_mono,
-                                       self.quorum or QuorumState(), self.health.first_round_done)
+            desired, quorum = evaluate(part, view, verdicts, op_drains, file_weights, now_mono, prev,
+                                       self.health.first_round_done)
+            if view is not config:
+                names = {s.name for s in view.services}
+                quorum = QuorumState(frozenset(n for n in prev.below if n not in names) | quorum.below)
             if commit:
                 self.quorum = quorum
         desired, drains, events = apply_drains(
@@ -218,7 +229,7 @@ class Daemon:
         if observed is None:
             observed = self.observe(config, scope)
         old_drains = self.state.drains
-        desired, _declared = self.desired_for(config, observed, time.monotonic())
+        desired, _declared = self.desired_for(config, observed, time.monotonic(), scope=scope)
         if scope is not None:
             # records of services outside the scope were not visited: keep them, and their VIPs
             visited = {str(x) for x in scope}
@@ -422,9 +433,10 @@ class Daemon:
         n_rs = sum(len(s.real_servers) for s in self.config.services)
         serving = n_rs
         if self.health is not None:
-            v = self.health.verdicts()
-            serving = sum(1 for s in self.config.services for rs in s.real_servers
-                          if (s.name, rs.key) not in v or v[(s.name, rs.key)].is_up)
+            down = [k for k, h in self.health.verdicts().items() if not h.is_up]
+            if down:
+                declared = {(s.name, rs.key) for s in self.config.services for rs in s.real_servers}
+                serving -= sum(1 for k in down if k in declared)
         last = ""
         if self.last_reload is not None:
             last = f"; last reload {time.strftime('%H:%M:%S', time.localtime(self.last_reload.at))} " \

@@ -49,9 +49,12 @@ class State:
     health: dict[str, Any] = field(default_factory=dict)
     failure: dict[str, Any] | None = None  # last rollback failure, cleared by a good converge
 
-    def to_json(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "owned": self.owned.to_json(), "drains": self.drains,
-                "operator_drains": self.operator_drains, "health": self.health, "failure": self.failure}
+    def to_json(self, owned: bool = True) -> dict[str, Any]:
+        out = {"version": STATE_VERSION, "drains": self.drains, "operator_drains": self.operator_drains,
+               "health": self.health, "failure": self.failure}
+        if owned:
+            out["owned"] = self.owned.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
@@ -78,9 +81,13 @@ class StateStore:
             raise StateCorrupt(f"{self.path}: unreadable state ({exc}); moved to {self.path}.corrupt") from None
 
     _written: bytes | None = None  # what this process last wrote: an unchanged state is not rewritten
+    _owned: tuple[Owned, str] | None = None  # the last Owned serialised (the bulk of the file), by identity
 
     def save(self, state: State) -> None:
-        data = (json.dumps(state.to_json(), separators=(",", ":")) + "\n").encode()
+        if self._owned is None or self._owned[0] is not state.owned:
+            self._owned = (state.owned, json.dumps(state.owned.to_json(), separators=(",", ":")))
+        rest = json.dumps(state.to_json(owned=False), separators=(",", ":"))
+        data = f'{{"owned":{self._owned[1]},{rest[1:]}\n'.encode()
         if data == self._written and os.path.exists(self.path):
             return  # no temp file, fsync and rename per weight edit when nothing recorded changed
         os.makedirs(self.directory, mode=0o700, exist_ok=True)

@@ -19,7 +19,7 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,6 +99,34 @@ def _exec_env(svc: Any, rs: Any) -> dict[str, str]:
     return env
 
 
+class _Verdicts(Mapping[RsId, RsHealth]):
+    """HealthMonitor.verdicts(): its entries' health, looked up on demand."""
+
+    __slots__ = ("_monitor",)
+
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self._monitor = monitor
+
+    def __getitem__(self, key: RsId) -> RsHealth:
+        return self._monitor._entries[key].health
+
+    def get(self, key: RsId, default: Any = None) -> Any:
+        e = self._monitor._entries.get(key)
+        return default if e is None else e.health
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._monitor._entries
+
+    def __iter__(self) -> Iterator[RsId]:
+        return iter(self._monitor._entries)
+
+    def __len__(self) -> int:
+        return len(self._monitor._entries)
+
+    def items(self) -> Any:  # one pass over the entries, not a lookup per key
+        return [(k, e.health) for k, e in self._monitor._entries.items()]
+
+
 class HealthMonitor:
     """Runs the checks of a Config and exposes verdicts per (service name, DestKey)."""
 
@@ -154,9 +182,32 @@ class HealthMonitor:
         by_service: dict[str, list[RsId]] = {}
         pending: dict[str, int] = {}
         templates: dict[int, tuple[dict[str, Any], ProbeTemplate | None]] = {}  # by id(health block)
+        before = {s.name: s for s in self._config.services} if self._config is not None else {}
         for svc in config.services:
             keys: list[RsId] = []
             unchecked = 0
+            if before.get(svc.name) is svc and svc.name in self._by_service:
+                # the identical declaration (a reload of another service): its entries and probes
+                # carry over as they are; only the shared probe jobs' subscriber lists are rebuilt
+                for key in self._by_service[svc.name]:
+                    entry = self._entries[key]
+                    job = entry.job
+                    if job is not None:
+                        jk = (job.spec, job.interval)
+                        shared = jobs.get(jk)
+                        if shared is None:
+                            job.subs = []
+                            shared = jobs[jk] = job
+                        shared.subs.append(key)
+                        entry.job = shared
+                        if not entry.health.checked:
+                            unchecked += 1
+                    entries[key] = entry
+                    keys.append(key)
+                by_service[svc.name] = keys
+                if unchecked and svc.name in self._pending:
+                    pending[svc.name] = unchecked
+                continue
             for rs in svc.real_servers:
                 h = rs.health or {"type": "none"}
                 cached = templates.get(id(h))
@@ -229,11 +280,13 @@ class HealthMonitor:
 
     # ------------------------------------------------------------------------------------------ queries
 
-    def verdicts(self) -> dict[RsId, RsHealth]:
-        """Health per (service, real server); frozen at the moment of `set_paused(True)` while paused."""
+    def verdicts(self) -> Mapping[RsId, RsHealth]:
+        """Health per (service, real server); frozen at the moment of `set_paused(True)` while paused.
+
+        A read-only live view (no copy of 10,000 entries per converge): read it, do not keep it."""
         if self._frozen is not None:
             return dict(self._frozen[0])
-        return {k: e.health for k, e in self._entries.items()}
+        return _Verdicts(self)
 
     def file_weights(self) -> dict[RsId, int]:
         """Real servers whose file check found the switch file: weight from the file (0 = down)."""
