@@ -9,6 +9,7 @@ pure layers (config, plan, health.effective, drain) hold the logic; this file ho
 from __future__ import annotations
 
 import asyncio
+import gc
 import glob
 import hashlib
 import logging
@@ -66,6 +67,16 @@ class ReloadOutcome:
         result = {0: "applied", 1: "rejected", 5: "rolled back", 6: "rollback failed"}.get(self.code, "error")
         return {"code": self.code, "result": result, "message": self.message, "errors": self.errors,
                 "time": self.at}
+
+
+def settle_heap() -> None:
+    """Collect the cycles a reload left, then move every survivor out of the cyclic GC's sight.
+
+    The config, its parse and the model are ~10^6 long-lived objects for 10,000 real servers; a
+    full collection walks all of them (~0.1 s on hardware, several times that under UML) and
+    would land in the middle of a later reload. Frozen objects are still freed by refcount."""
+    gc.collect()
+    gc.freeze()
 
 
 def rs_id_key(name: str, dest: DestKey) -> str:
@@ -314,6 +325,8 @@ class Daemon:
         async with self.reload_lock:
             self.notifier.reloading()
             outcome = self._reload(why, digest)
+            if outcome.code == 0:
+                settle_heap()
             self.last_reload = outcome
             key = {0: "reloads_applied", 1: "reloads_rejected"}.get(outcome.code, "reloads_rolled_back")
             self.counters[key] += 1
