@@ -1,13 +1,22 @@
-"""The IPVS netlink socket: family lookup, dumps and batched requests with per-request acks.
+"""The IPVS netlink socket: family lookup, dumps and batched requests, each request's outcome known.
 
 Thin I/O around ipvs_codec: all bytes are built and parsed there. One receive buffer is
 allocated per socket and reused for every recv (the dump of 10k real servers makes that matter).
+The socket is non-blocking and waits (poll, with the timeout) only when the kernel has nothing
+queued yet: a timeout on the socket itself would cost a poll() before every send and recv, and
+a full observe of 1000 services is ~3000 of them (syscalls are expensive under UML and VMs).
+
+Dump replies are decoded through a memo keyed by each message's bytes (decoding is a pure
+function of them): an unchanged kernel object decodes to the identical cached Python object,
+so a no-drift reconcile re-reads the live kernel but skips decoding, and the planner can skip
+comparing objects it has compared before. The memo holds what the last full dump returned.
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
 import os
+import select
 import socket
 from collections.abc import Callable, Sequence
 from typing import Self, TypeVar
@@ -24,6 +33,11 @@ SEND_BATCH_BYTES = 64 << 10
 MAX_BATCH = 1024  # requests per send
 ACK_TRUESIZE = 2048  # generous kernel memory charge per queued ack, to size batches to SO_RCVBUF
 DUMP_RETRIES = 5
+MEMO_LIMIT = 1 << 18  # decoded messages kept between full dumps (partial reads alone never turn it)
+# service and real-server writes: sent without NLM_F_ACK (an error still gets its own NLMSG_ERROR)
+SILENT_CMDS = frozenset({c.IPVS_CMD_NEW_SERVICE, c.IPVS_CMD_SET_SERVICE, c.IPVS_CMD_DEL_SERVICE,
+                         c.IPVS_CMD_NEW_DEST, c.IPVS_CMD_SET_DEST, c.IPVS_CMD_DEL_DEST})
+OK = c.Ack(0)
 
 
 class IpvsError(OSError):
@@ -52,6 +66,8 @@ class IpvsSocket:
             self._buf = bytearray(RECV_BUFFER)
             self._view = memoryview(self._buf)
             self._seq = 0
+            self._memo: dict[bytes, object] = {}  # message bytes -> decoded value, this generation
+            self._memo_old: dict[bytes, object] = {}  # ... the previous generation (one full dump)
             self.family_id = 0
             self.family_id = self._resolve_family()
         except BaseException:
@@ -71,7 +87,8 @@ class IpvsSocket:
                 s.setsockopt(c.SOL_NETLINK, opt, 1)
             except OSError:
                 pass
-        s.settimeout(timeout)
+        s.setblocking(False)
+        self.timeout = timeout
         s.bind((0, 0))
         self.rcvbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.max_batch = max(1, min(MAX_BATCH, self.rcvbuf // ACK_TRUESIZE))
@@ -94,16 +111,33 @@ class IpvsSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
 
+    def _wait(self, events: int) -> None:
+        """Block until the socket is ready for `events`, at most the timeout."""
+        p = select.poll()
+        p.register(self._sock.fileno(), events)
+        if not p.poll(None if self.timeout is None else max(0, int(self.timeout * 1000))):
+            raise IpvsError(errno_mod.ETIMEDOUT, "no reply from the kernel")
+
+    def _send(self, data: bytes) -> None:
+        while True:
+            try:
+                self._sock.send(data)
+                return
+            except BlockingIOError:
+                self._wait(select.POLLOUT)
+
     def _recv(self) -> memoryview:
         """One datagram into the shared buffer; the view is valid until the next call."""
-        try:
-            n = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
-        except TimeoutError:
-            raise IpvsError(errno_mod.ETIMEDOUT, "no reply from the kernel") from None
-        except OSError as e:
-            if e.errno == errno_mod.ENOBUFS:
-                raise IpvsError(e.errno, "netlink receive buffer overrun: replies lost") from None
-            raise
+        while True:
+            try:
+                n = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
+                break
+            except BlockingIOError:
+                self._wait(select.POLLIN)
+            except OSError as e:
+                if e.errno == errno_mod.ENOBUFS:
+                    raise IpvsError(e.errno, "netlink receive buffer overrun: replies lost") from None
+                raise
         if n > len(self._buf):
             raise IpvsError(errno_mod.EMSGSIZE, f"netlink message of {n} bytes exceeds receive buffer")
         return self._view[:n]
@@ -111,7 +145,7 @@ class IpvsSocket:
     def _request(self, family: int, payload: bytes, decode: Callable[[memoryview], T]) -> T:
         """One doit request; returns the decoded single reply."""
         seq = self._next_seq()
-        self._sock.send(c.frame(family, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, payload))
+        self._send(c.frame(family, c.NLM_F_REQUEST | c.NLM_F_ACK, seq, payload))
         result: list[T] = []
         while True:
             for msg in c.iter_messages(self._recv()):
@@ -127,43 +161,70 @@ class IpvsSocket:
                 if msg.type >= 0x10:
                     result.append(decode(msg.payload))
 
-    def _dump(self, payload: bytes, decode: Callable[[memoryview], T]) -> list[T]:
+    def _dump(self, payload: bytes, decode: Callable[[memoryview], T], memo: bool = False) -> list[T]:
         """One dump request, all its parts decoded; restarted if the kernel flags it interrupted.
 
         A socket runs one dump at a time (a second request while one runs gets EBUSY), and the
-        kernel finishes a non-empty dump only on our next recv, so dumps are not pipelined.
+        kernel finishes a non-empty dump only on our next recv, so dumps are not pipelined. With
+        `memo`, each message is decoded through the memo (see the module docstring).
         """
+        hdr = c.NLMSG_HDRLEN
+        unpack = c.NLMSG_HEADER.unpack_from
         for _ in range(DUMP_RETRIES):
             seq = self._next_seq()
-            self._sock.send(c.frame(self.family_id, c.NLM_F_REQUEST | c.NLM_F_DUMP, seq, payload))
+            self._send(c.frame(self.family_id, c.NLM_F_REQUEST | c.NLM_F_DUMP, seq, payload))
             results: list[T] = []
             interrupted = False
             done = False
             failure: c.CodecError | None = None  # keep reading to DONE so the socket stays usable
+            new, old = self._memo, self._memo_old
             while not done:
-                for msg in c.iter_messages(self._recv()):
-                    if msg.seq != seq:
-                        continue
-                    if msg.type == c.NLMSG_DONE or msg.type == c.NLMSG_ERROR:
-                        err = (
-                            c.decode_done(msg.payload)
-                            if msg.type == c.NLMSG_DONE
-                            else c.decode_error(msg.payload, msg.flags).errno
-                        )
+                view = self._recv()
+                end = len(view)
+                off = 0
+                while off < end:  # c.iter_messages, inlined: this loop runs for every real server
+                    if end - off < hdr:
+                        raise c.CodecError(f"truncated netlink header: {end - off} bytes at offset {off}")
+                    length, kind, flags, mseq, _ = unpack(view, off)
+                    if length < hdr or off + length > end:
+                        raise c.CodecError(f"truncated netlink message: length {length}, {end - off} bytes left")
+                    if mseq != seq:
+                        pass
+                    elif kind >= 0x10:
+                        if failure is None:
+                            if flags & c.NLM_F_DUMP_INTR:
+                                interrupted = True
+                            try:
+                                if memo:
+                                    raw = bytes(view[off + hdr : off + length])
+                                    value = new.get(raw)
+                                    if value is None:
+                                        value = old.get(raw)
+                                        if value is None:
+                                            value = decode(memoryview(raw))
+                                        new[raw] = value
+                                    results.append(value)  # type: ignore[arg-type]
+                                else:
+                                    results.append(decode(view[off + hdr : off + length]))
+                            except c.CodecError as e:
+                                failure = e
+                    elif kind == c.NLMSG_DONE or kind == c.NLMSG_ERROR:
+                        body = view[off + hdr : off + length]
+                        err = c.decode_done(body) if kind == c.NLMSG_DONE else c.decode_error(body, flags).errno
                         if err:
                             raise IpvsError(err, "IPVS dump failed")
                         done = True
-                    elif msg.type >= 0x10 and failure is None:
-                        interrupted = interrupted or bool(msg.flags & c.NLM_F_DUMP_INTR)
-                        try:
-                            results.append(decode(msg.payload))
-                        except c.CodecError as e:
-                            failure = e
+                    off += (length + 3) & ~3
             if failure is not None:
                 raise failure
             if not interrupted:
                 return results
         raise IpvsError(errno_mod.EINTR, "IPVS dump kept being interrupted")
+
+    def _memo_turn(self) -> None:
+        """End a memo generation: keep what the last full dump saw, drop the rest."""
+        self._memo_old = self._memo
+        self._memo = {}
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -176,21 +237,25 @@ class IpvsSocket:
             raise
 
     def services(self) -> list[ObservedService]:
-        """All virtual services (without their real servers)."""
-        return self._dump(c.get_services(), c.decode_service)
+        """All virtual services (without their real servers; do not mutate their `dests`)."""
+        return self._dump(c.get_services(), c.decode_service, memo=True)
 
     def dests(self, key: ServiceKey) -> dict[DestKey, ObservedDest]:
         """Real servers of one service (empty if the service does not exist)."""
-        return {d.key: d for d in self._dump(c.get_dests(key), c.decode_dest)}
+        if len(self._memo) > MEMO_LIMIT:
+            self._memo_turn()
+        return {d.key: d for d in self._dump(c.get_dests(key), c.decode_dest, memo=True)}
 
     def dump(self) -> dict[ServiceKey, ObservedService]:
         """Every service with its real servers."""
+        self._memo_turn()
         services = self.services()
-        dests = [self._dump(c.get_dests(s.key), c.decode_dest) for s in services]
-        return {
-            s.key: ObservedService(s.key, s.attrs, {d.key: d for d in ds}, s.stats)
-            for s, ds in zip(services, dests, strict=True)
-        }
+        out = {}
+        for s in services:
+            ds = self._dump(c.get_dests(s.key), c.decode_dest, memo=True)
+            out[s.key] = ObservedService(s.key, s.attrs, {d.key: d for d in ds}, s.stats)
+        self._memo_old = {}  # everything still in the kernel moved into the current generation
+        return out
 
     def daemons(self) -> list[SyncDaemon]:
         return self._dump(c.get_daemons(), c.decode_daemon)
@@ -208,31 +273,44 @@ class IpvsSocket:
     def execute_acks(self, payloads: Sequence[bytes], *, stop_on_error: bool = False) -> list[c.Ack | None]:
         """Send requests in batches; one Ack per request in order (None = not attempted).
 
-        The kernel processes every message of a send even after one fails, so each request's
-        own ack says whether it took effect. With stop_on_error no batch is sent after a batch
-        that had an error. Each batch ends with an NLMSG_NOOP barrier whose ack proves all
-        earlier messages were processed: a request the kernel answered with no ack at all (a
+        The kernel processes every message of a send even after one fails, and answers a failed
+        request with an NLMSG_ERROR of its own (its seq) whether or not it asked for an ack. With
+        stop_on_error no batch is sent after a batch that had an error. Each batch ends with an
+        NLMSG_NOOP barrier whose ack proves all earlier messages were processed. Service and
+        real-server writes are sent without NLM_F_ACK (their handlers never return -EINTR, so
+        silence before the barrier is success: one recv per batch instead of one per request);
+        every other request asks for its ack, and one the kernel answered with no ack at all (a
         handler returning -EINTR, e.g. DEL_DAEMON racing its thread's start) gets EINTR, which
         means "outcome unknown, re-read the state".
         """
         acks: list[c.Ack | None] = [None] * len(payloads)
         start = 0
-        flags = c.NLM_F_REQUEST | c.NLM_F_ACK
-        while start < len(payloads):
-            by_seq: dict[int, int] = {}
-            out = bytearray()
+        n = len(payloads)
+        acked = c.NLM_F_REQUEST | c.NLM_F_ACK
+        frame = c.frame
+        family = self.family_id
+        while start < n:
+            by_seq: dict[int, int] = {}  # every request of the batch: seq -> index
+            silent: list[int] = []  # indexes of requests sent without NLM_F_ACK
+            parts: list[bytes] = []
+            size = 0
             i = start
-            while i < len(payloads) and len(by_seq) < self.max_batch:
+            while i < n and i - start < self.max_batch:
+                payload = payloads[i]
+                quiet = payload[0] in SILENT_CMDS
                 seq = self._next_seq()
-                msg = c.frame(self.family_id, flags, seq, payloads[i])
-                if by_seq and len(out) + len(msg) > SEND_BATCH_BYTES:
+                msg = frame(family, c.NLM_F_REQUEST if quiet else acked, seq, payload)
+                if parts and size + len(msg) > SEND_BATCH_BYTES:
                     break
                 by_seq[seq] = i
-                out += msg
+                if quiet:
+                    silent.append(i)
+                parts.append(msg)
+                size += len(msg)
                 i += 1
             barrier = self._next_seq()
-            out += c.frame(c.NLMSG_NOOP, flags, barrier, b"")
-            self._sock.send(out)
+            parts.append(frame(c.NLMSG_NOOP, acked, barrier, b""))
+            self._send(b"".join(parts))
             failed = False
             waiting = True
             while waiting:
@@ -242,14 +320,18 @@ class IpvsSocket:
                     if msg.seq == barrier:
                         waiting = False
                         continue
-                    ack = c.decode_error(msg.payload, msg.flags)
                     j = by_seq.pop(msg.seq, None)
                     if j is not None:
+                        ack = c.decode_error(msg.payload, msg.flags)
                         acks[j] = ack
                         failed = failed or ack.errno != 0
+            for j in silent:
+                if acks[j] is None:
+                    acks[j] = OK
             for seq, j in by_seq.items():
-                acks[j] = c.Ack(errno_mod.EINTR, "no ack from the kernel: outcome unknown", None, seq)
-                failed = True
+                if acks[j] is None:
+                    acks[j] = c.Ack(errno_mod.EINTR, "no ack from the kernel: outcome unknown", None, seq)
+                    failed = True
             start = i
             if failed and stop_on_error:
                 break

@@ -183,6 +183,7 @@ _U64 = struct.Struct("=Q")
 _I32 = struct.Struct("=i")
 _FLAGS = struct.Struct("=II")
 NLMSG_HDRLEN = _NLMSGHDR.size
+NLMSG_HEADER = _NLMSGHDR  # for ipvs.py's inlined message loop
 GENL_HDRLEN = _GENLHDR.size
 
 
@@ -321,7 +322,26 @@ _DEST_NEST_FULL = struct.Struct("=HH" "HH16s" "HH2s2x" "HHH2x" "HHI" "HHI" "HHI"
 
 def _dest(dest: DestKey, family: int | None, attrs: DestAttrs | None) -> bytes:
     fam = family or addr_family(dest.address)
-    if attrs is not None:  # the same checks, in the same order, as the generic encoding below
+    if attrs is not None:
+        port, fwd, weight, uth, lth = dest.port, attrs.forward, attrs.weight, attrs.u_threshold, attrs.l_threshold
+        tun_type, tun_port, tun_flags = attrs.tun_type, attrs.tun_port, attrs.tun_flags
+        if (0 <= port <= 0xFFFF and 0 <= fam <= 0xFFFF and 0 <= fwd <= 0xFFFFFFFF and 0 <= weight <= 0xFFFFFFFF
+                and 0 <= uth <= 0xFFFFFFFF and 0 <= lth <= 0xFFFFFFFF and 0 <= tun_type <= 0xFF
+                and 0 <= tun_port <= 0xFFFF and 0 <= tun_flags <= 0xFFFF):  # else: the checks below raise
+            return _DEST_NEST_FULL.pack(
+                _DEST_NEST_FULL.size, IPVS_CMD_ATTR_DEST | NLA_F_NESTED,
+                20, IPVS_DEST_ATTR_ADDR, _addr(dest.address, fam),
+                6, IPVS_DEST_ATTR_PORT, _BE16.pack(port),
+                6, IPVS_DEST_ATTR_ADDR_FAMILY, fam,
+                8, IPVS_DEST_ATTR_FWD_METHOD, fwd,
+                8, IPVS_DEST_ATTR_WEIGHT, weight,
+                8, IPVS_DEST_ATTR_U_THRESH, uth,
+                8, IPVS_DEST_ATTR_L_THRESH, lth,
+                5, IPVS_DEST_ATTR_TUN_TYPE, tun_type,
+                6, IPVS_DEST_ATTR_TUN_PORT, _BE16.pack(tun_port),
+                6, IPVS_DEST_ATTR_TUN_FLAGS, tun_flags,
+            )
+        # the same checks, in the same order, as the generic encoding below
         addr, port = _addr(dest.address, fam), _port(dest.port)
         _U16.pack(fam)
         for v in (attrs.forward, attrs.weight, attrs.u_threshold, attrs.l_threshold):
@@ -391,17 +411,22 @@ def get_services() -> bytes:
     return genl(IPVS_CMD_GET_SERVICE)
 
 
+_GENL_NEW_DEST = _GENLHDR.pack(IPVS_CMD_NEW_DEST, IPVS_GENL_VERSION, 0)
+_GENL_SET_DEST = _GENLHDR.pack(IPVS_CMD_SET_DEST, IPVS_GENL_VERSION, 0)
+_GENL_DEL_DEST = _GENLHDR.pack(IPVS_CMD_DEL_DEST, IPVS_GENL_VERSION, 0)
+
+
 def new_dest(svc: ServiceKey, dest: DestKey, family: int | None, attrs: DestAttrs) -> bytes:
     """Add a real server; family None = from the address (mixed families only with tunnelling)."""
-    return genl(IPVS_CMD_NEW_DEST, _service(svc, None, 0), _dest(dest, family, attrs))
+    return _GENL_NEW_DEST + _service_key_nest(svc) + _dest(dest, family, attrs)
 
 
 def set_dest(svc: ServiceKey, dest: DestKey, family: int | None, attrs: DestAttrs) -> bytes:
-    return genl(IPVS_CMD_SET_DEST, _service(svc, None, 0), _dest(dest, family, attrs))
+    return _GENL_SET_DEST + _service_key_nest(svc) + _dest(dest, family, attrs)
 
 
 def del_dest(svc: ServiceKey, dest: DestKey, family: int | None = None) -> bytes:
-    return genl(IPVS_CMD_DEL_DEST, _service(svc, None, 0), _dest(dest, family, None))
+    return _GENL_DEL_DEST + _service_key_nest(svc) + _dest(dest, family, None)
 
 
 def get_dests(svc: ServiceKey) -> bytes:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from ipvsync.kernel import ipvs_codec as codec
 from ipvsync.kernel.addresses import LinkWriter
@@ -34,28 +35,28 @@ from ipvsync.plan import (
     UnbindVip,
 )
 
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    AddService: lambda op: codec.new_service(op.key, op.attrs),
+    EditService: lambda op: codec.set_service(op.key, op.new),
+    DelService: lambda op: codec.del_service(op.key),
+    AddDest: lambda op: codec.new_dest(op.service, op.key, op.family, op.attrs),
+    EditDest: lambda op: codec.set_dest(op.service, op.key, op.family, op.new),
+    DelDest: lambda op: codec.del_dest(op.service, op.key, op.family),
+    AddDaemon: lambda op: codec.new_daemon(op.daemon),
+    DelDaemon: lambda op: codec.del_daemon(op.daemon),
+    SetTimeouts: lambda op: codec.set_config(*op.new),
+}
+
 
 def ipvs_payload(op: Op) -> bytes:
     """The genetlink request for an IPVS operation."""
-    if isinstance(op, AddService):
-        return codec.new_service(op.key, op.attrs)
-    if isinstance(op, EditService):
-        return codec.set_service(op.key, op.new)
-    if isinstance(op, DelService):
-        return codec.del_service(op.key)
-    if isinstance(op, AddDest):
-        return codec.new_dest(op.service, op.key, op.family, op.attrs)
-    if isinstance(op, EditDest):
-        return codec.set_dest(op.service, op.key, op.family, op.new)
-    if isinstance(op, DelDest):
-        return codec.del_dest(op.service, op.key, op.family)
-    if isinstance(op, AddDaemon):
-        return codec.new_daemon(op.daemon)
-    if isinstance(op, DelDaemon):
-        return codec.del_daemon(op.daemon)
-    if isinstance(op, SetTimeouts):
-        return codec.set_config(*op.new)
-    raise TypeError(f"not an IPVS operation: {op!r}")
+    encode = _ENCODERS.get(type(op))
+    if encode is None:
+        for kind, fn in _ENCODERS.items():  # a subclass of an operation
+            if isinstance(op, kind):
+                return fn(op)
+        raise TypeError(f"not an IPVS operation: {op!r}")
+    return encode(op)
 
 
 class Kernel:
