@@ -101,7 +101,11 @@ class ServiceAttrs:
         flags = self.flags & SVC_F_USER_MASK
         full = 128 if family == AF_INET6 else 32
         if not flags & SVC_F_PERSISTENT:
+            if flags == self.flags and self.timeout == 0 and self.netmask == full:
+                return self  # already normal (values are frozen: no copy needed)
             return ServiceAttrs(self.scheduler, flags, 0, full, self.pe_name)
+        if flags == self.flags:
+            return self
         return ServiceAttrs(self.scheduler, flags, self.timeout, self.netmask, self.pe_name)
 
 
@@ -131,7 +135,7 @@ class DestAttrs:
 
     def normalised(self) -> DestAttrs:
         """Tunnel fields mean nothing unless forwarding is tunnel."""
-        if self.forward != FWD_TUNNEL:
+        if self.forward != FWD_TUNNEL and (self.tun_type or self.tun_port or self.tun_flags):
             return DestAttrs(self.forward, self.weight, self.u_threshold, self.l_threshold)
         return self
 

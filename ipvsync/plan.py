@@ -12,6 +12,7 @@ its real servers exist before its VIP answers, and a VIP stops answering before 
 from __future__ import annotations
 
 import ipaddress
+import operator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -36,6 +37,10 @@ from ipvsync.model import (
 )
 
 NO_ORIGIN = Origin("", 0, "")
+# sort keys giving the dataclasses' own order (order=True compares the field tuples), built once per item
+SERVICE_ORDER = operator.attrgetter("family", "protocol", "address", "port", "fwmark")
+DEST_ORDER = operator.attrgetter("address", "port")
+VIP_ORDER = operator.attrgetter("address", "interface")
 
 
 def describe_service_attrs(key: ServiceKey, a: ServiceAttrs) -> str:
@@ -376,8 +381,8 @@ class Owned:
     def to_json(self) -> dict[str, Any]:
         # _flat(x) == asdict(x) for these flat dataclasses of ints and strings, without its deep copies
         return {
-            "services": [_flat(k) for k in sorted(self.services)],
-            "vips": [_flat(v) for v in sorted(self.vips)],
+            "services": [_flat(k) for k in sorted(self.services, key=SERVICE_ORDER)],
+            "vips": [_flat(v) for v in sorted(self.vips, key=VIP_ORDER)],
             "links": sorted(self.links),
             "sync_daemons": [_flat(d) for d in sorted(self.daemons, key=lambda d: (d.role, d.interface))],
         }
@@ -436,6 +441,49 @@ class Plan:
         return [op.key for op in self.ops if isinstance(op, DelService)]
 
 
+# Attrs pairs already found equal after normalisation, by identity: id(observed) -> (observed, desired).
+# A memo of a pure function of two frozen values (the entry keeps both alive, so the ids stay theirs).
+# The kernel layer decodes an unchanged kernel object to the identical object (one per real server),
+# and the config keeps its objects, so a no-drift re-plan compares each real server with two `is`.
+_same_now: dict[int, tuple[object, object]] = {}
+_same_before: dict[int, tuple[object, object]] = {}
+SAME_MEMO_LIMIT = 1 << 16
+
+
+def _same(have: ServiceAttrs | DestAttrs, want: ServiceAttrs | DestAttrs, family: int) -> bool:
+    """have.normalised() == want.normalised() (family is ignored for DestAttrs)."""
+    global _same_now, _same_before
+    m = _same_now.get(id(have))
+    if m is not None and m[0] is have and m[1] is want:
+        return True
+    m = _same_before.get(id(have))
+    if not (m is not None and m[0] is have and m[1] is want):
+        if isinstance(want, ServiceAttrs):
+            if have.normalised(family) != want.normalised(family):  # type: ignore[call-arg]
+                return False
+        elif have.normalised() != want.normalised():  # type: ignore[call-arg]
+            return False
+    if len(_same_now) >= SAME_MEMO_LIMIT:
+        _same_before, _same_now = _same_now, {}
+    _same_now[id(have)] = (have, want)
+    return True
+
+
+def _unchanged(want: Any, have: ObservedService | None) -> bool:
+    """True when the service and every real server of it already are as desired (no operation)."""
+    if have is None or not _same(have.attrs, want.attrs, want.key.family):
+        return False
+    hd = have.dests
+    wd = want.dests
+    if len(hd) != len(wd):
+        return False
+    for dkey, w in wd.items():
+        h = hd.get(dkey)
+        if h is None or not _same(h.attrs, w.attrs, 0):
+            return False
+    return True  # as many observed as desired, all desired present: no deletions either
+
+
 def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tuple[SyncDaemon, ...] = (),
          timeouts: tuple[int, int, int] | None = None) -> Plan:
     """The ordered operations that take the kernel from `observed` to `desired`."""
@@ -448,9 +496,11 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
     vip_unbind: list[Op] = []
     daemon_ops: list[Op] = []
 
-    for key in sorted(desired.services):
+    observed_services = observed.services
+    changed = [k for k, want in desired.services.items() if not _unchanged(want, observed_services.get(k))]
+    for key in sorted(changed, key=SERVICE_ORDER):
         want = desired.services[key]
-        have = observed.services.get(key)
+        have = observed_services.get(key)
         wattrs = want.attrs.normalised(key.family)
         if have is None:
             add_svc.append(AddService(key, wattrs, origin=want.origin))
@@ -460,7 +510,7 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
             if hattrs != wattrs:
                 add_svc.append(EditService(key, hattrs, wattrs, origin=want.origin))
             current_dests = have.dests
-        for dkey in sorted(want.dests):
+        for dkey in sorted(want.dests, key=DEST_ORDER):
             wd = want.dests[dkey]
             hd = current_dests.get(dkey)
             wda = wd.attrs.normalised()
@@ -470,14 +520,13 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
                 hda = hd.attrs.normalised()
                 if hda != wda:
                     add_dst.append(EditDest(key, dkey, wd.family, hda, wda, origin=wd.origin))
-        for dkey in sorted(current_dests):
+        for dkey in sorted(current_dests, key=DEST_ORDER):
             if dkey not in want.dests:
                 hd = current_dests[dkey]
                 del_dst.append(DelDest(key, dkey, hd.family, hd.attrs.normalised(), origin=want.origin))
 
-    for key in sorted(owned.services):
-        if key in desired.services or key not in observed.services:
-            continue
+    for key in sorted((k for k in owned.services if k not in desired.services and k in observed_services),
+                      key=SERVICE_ORDER):
         have = observed.services[key]
         dests = tuple((dk, d.family, d.attrs.normalised()) for dk, d in sorted(have.dests.items()))
         del_svc.append(DelService(key, have.attrs.normalised(key.family), dests))
@@ -489,12 +538,10 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
                 link_ops.append(CreateLink(iface))
             elif not observed.link_up:
                 link_ops.append(SetLinkUp(iface, True))
-        for vip in sorted(desired.vips):
-            if vip not in observed.addresses:
-                vip_bind.append(BindVip(vip, origin=desired.vips[vip]))
-    for vip in sorted(owned.vips):
-        if vip in observed.addresses and vip not in desired.vips:
-            vip_unbind.append(UnbindVip(vip))
+        for vip in sorted((v for v in desired.vips if v not in observed.addresses), key=VIP_ORDER):
+            vip_bind.append(BindVip(vip, origin=desired.vips[vip]))
+    for vip in sorted((v for v in owned.vips if v in observed.addresses and v not in desired.vips), key=VIP_ORDER):
+        vip_unbind.append(UnbindVip(vip))
 
     want_daemons = set(sync_daemons)
     have_daemons = set(observed.daemons)

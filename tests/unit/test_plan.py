@@ -236,3 +236,42 @@ def test_owned_after_and_json_round_trip() -> None:
     assert Owned.from_json(o.to_json()) == o
     o = o.after(UnbindVip(v)).after(DelService(k, ServiceAttrs()))
     assert o == Owned(links=frozenset({IF}))
+
+
+def test_replan_against_the_same_objects_still_sees_every_drift() -> None:
+    """The identity memo (a no-drift re-plan compares by `is`) never hides a change: a changed
+    kernel object is a new object, and each kind of drift is found on a re-plan of the same desired."""
+    k, k2 = skey(), skey("192.0.2.11")
+    wd = {"198.51.100.11:80": DestAttrs(FWD_MASQ, 2, 100, 10), "198.51.100.12:80": NAT1}
+    w = desired(want(k, ServiceAttrs("wrr", SVC_F_PERSISTENT, 60, 24), wd), want(k2, dests={"198.51.100.13:80": NAT1}))
+    base = have(k, ServiceAttrs("wrr", SVC_F_PERSISTENT | SVC_F_HASHED, 60, 24), wd)
+    other = have(k2, dests={"198.51.100.13:80": NAT1})
+    addrs = ("192.0.2.10", "192.0.2.11")
+    for _ in range(3):  # memo filled, then hit
+        assert plan(w, observed(base, other, addrs=addrs), Owned()).ops == ()
+    d11 = DestKey("198.51.100.11", 80)
+    drifts = {
+        "weight": {**base.dests, d11: ObservedDest(d11, AF_INET, DestAttrs(FWD_MASQ, 3, 100, 10))},
+        "threshold": {**base.dests, d11: ObservedDest(d11, AF_INET, DestAttrs(FWD_MASQ, 2, 99, 10))},
+        "forward": {**base.dests, d11: ObservedDest(d11, AF_INET, DestAttrs(FWD_DROUTE, 2, 100, 10))},
+        "tunnel": {**base.dests, d11: ObservedDest(d11, AF_INET, DestAttrs(FWD_TUNNEL, 2, 100, 10, 1, 5))},
+        "missing": {d11: base.dests[d11]},
+        "extra": {**base.dests, DestKey("198.51.100.99", 80): ObservedDest(DestKey("198.51.100.99", 80), AF_INET,
+                                                                             NAT1)},
+    }
+    expect = {"weight": "edit_dest", "threshold": "edit_dest", "forward": "edit_dest", "tunnel": "edit_dest",
+              "missing": "add_dest", "extra": "del_dest"}
+    for name, dests in drifts.items():
+        h = ObservedService(k, base.attrs, dests)
+        assert kinds(plan(w, observed(h, other, addrs=addrs), Owned())) == [expect[name]], name
+    for attrs in (ServiceAttrs("wlc", SVC_F_PERSISTENT, 60, 24), ServiceAttrs("wrr", SVC_F_PERSISTENT, 61, 24),
+                  ServiceAttrs("wrr", SVC_F_PERSISTENT, 60, 16), ServiceAttrs("wrr", 0, 60, 24)):
+        h = ObservedService(k, attrs, base.dests)
+        assert kinds(plan(w, observed(h, other, addrs=addrs), Owned())) == ["edit_service"], attrs
+    assert kinds(plan(w, observed(other, addrs=addrs), Owned())) == ["add_service", "add_dest", "add_dest"]
+    assert kinds(plan(w, observed(base, other, addrs=addrs[1:]), Owned())) == ["bind_vip"]
+    assert kinds(plan(w, observed(base, other, addrs=addrs), Owned(services=frozenset({skey("192.0.2.12")})))) == []
+    gone = have(skey("192.0.2.12"))
+    assert kinds(plan(w, observed(base, other, gone, addrs=addrs), Owned(services=frozenset({gone.key})))) == [
+        "del_service"]
+    assert plan(w, observed(base, other, addrs=addrs), Owned()).ops == ()
