@@ -236,6 +236,15 @@ class IpvsSocket:
                 raise IpvsUnavailable() from None
             raise
 
+    def service(self, key: ServiceKey) -> ObservedService | None:
+        """One virtual service (without its real servers), or None when the kernel has none such."""
+        try:
+            return self._request(self.family_id, c.get_service(key), c.decode_service)
+        except IpvsError as e:
+            if e.errno in (errno_mod.ESRCH, errno_mod.ENOENT):
+                return None
+            raise
+
     def services(self) -> list[ObservedService]:
         """All virtual services (without their real servers; do not mutate their `dests`)."""
         return self._dump(c.get_services(), c.decode_service, memo=True)

@@ -59,6 +59,9 @@ def ipvs_payload(op: Op) -> bytes:
     return encode(op)
 
 
+FEW = 32  # services read one GET each rather than by dumping the table
+
+
 class Kernel:
     """Live kernel access for one network namespace."""
 
@@ -86,8 +89,11 @@ class Kernel:
             services = self.ipvs.dump()
         else:
             wanted = set(only)
-            services = {s.key: ObservedService(s.key, s.attrs, self.ipvs.dests(s.key), s.stats)
-                        for s in self.ipvs.services() if s.key in wanted}
+            if len(wanted) <= FEW:  # a one-service edit asks for one service, not a dump of 1000
+                found = [s for s in map(self.ipvs.service, wanted) if s is not None]
+            else:
+                found = [s for s in self.ipvs.services() if s.key in wanted]
+            services = {s.key: ObservedService(s.key, s.attrs, self.ipvs.dests(s.key), s.stats) for s in found}
         links = self.rtnl.links()
         self._dummy = {name: ln.kind == "dummy" for name, ln in links.items()}
         link = links.get(vip_interface)

@@ -277,3 +277,35 @@ def test_request_without_ack_does_not_hang(netns: Any) -> None:
     assert result["codes"][0] == 0 and result["codes"][1] in (0, 4)
     assert result["codes"][2] == 0  # a doit GET in execute: its reply is skipped, its ack counted
     assert result["after"] == 0 and result["info"] == 0x010201
+
+
+def test_single_service_get_equals_dump_and_missing_is_none(netns: Any) -> None:
+    """Kernel.observe(only=few) reads services one GET each: the same values as the dump."""
+    result = run_py(
+        netns,
+        """
+        sys.path.insert(0, {repo!r})
+        from ipvsync.kernel.system import Kernel
+        keys = [ServiceKey(AF_INET, 6, "192.0.2.1", 80), ServiceKey(AF_INET6, 17, "2001:db8::1", 53),
+                ServiceKey(AF_INET, fwmark=9)]
+        with IpvsSocket() as s:
+            s.execute([c.new_service(keys[0], ServiceAttrs("wrr", SVC_F_PERSISTENT, 120, 24)),
+                       c.new_service(keys[1], ServiceAttrs("sh", 0x8, 0, 128)),
+                       c.new_service(keys[2], ServiceAttrs("rr")),
+                       c.new_dest(keys[0], DestKey("198.51.100.1", 8080), None, DestAttrs(FWD_MASQ, 3))])
+            dump = {str(x.key): svc_json(x) for x in s.services()}
+            one = {str(k): svc_json(s.service(k)) for k in keys}
+            missing = s.service(ServiceKey(AF_INET, 6, "192.0.2.99", 80))
+        with Kernel() as k:
+            few = k.observe("ipvsync0", only={keys[0], ServiceKey(AF_INET, 6, "192.0.2.99", 80)})
+            many = k.observe("ipvsync0")
+        result = {"dump": dump, "one": one, "missing": missing is None,
+                  "few": {str(x): svc_json(v) for x, v in few.services.items()},
+                  "full0": svc_json(many.services[keys[0]])}
+        """.replace("{repo!r}", repr(str(REPO))),
+    )
+    assert result["one"] == result["dump"]
+    assert result["missing"] is True
+    assert len(result["few"]) == 1  # the missing one is simply absent
+    assert list(result["few"].values())[0] == result["full0"]
+    assert result["full0"]["dests"], "the scoped read includes the real servers"
