@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import atomic_write, ipvsync_yaml  # noqa: E402
+from common import atomic_write, ipvsync_split, ipvsync_yaml, write_split_file  # noqa: E402
 
 from ipvsync import plan as P  # noqa: E402
 from ipvsync.apply import Applier, FaultSeam  # noqa: E402
@@ -82,11 +82,15 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--edits", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--split", action="store_true", help="conf.d split: 100 files x 10 services, edit one file")
     ap.add_argument("--real-kernel", action="store_true", help="netlink (UML), not the in-memory kernel")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ipvsync-prof-"))
-    cfg = work / "ipvsync.yaml"
-    cfg.write_text(ipvsync_yaml(args.services, 10))
+    if args.split:
+        cfg = ipvsync_split(work, args.services, 10, 10)
+    else:
+        cfg = work / "ipvsync.yaml"
+        cfg.write_text(ipvsync_yaml(args.services, 10))
     d = Daemon(str(cfg), str(work / "state"), str(work / "run"))
     if args.real_kernel:
         from ipvsync.kernel.system import Kernel
@@ -109,7 +113,10 @@ def main() -> int:
         lat = []
         for e in range(args.edits):
             i = (e * 397 + 13) % args.services
-            atomic_write(cfg, ipvsync_yaml(args.services, 10, {(i, e % 10): 7}))
+            if args.split:
+                write_split_file(cfg.parent / "conf.d", i // 10, 10, 10, {(i, e % 10): 7})
+            else:
+                atomic_write(cfg, ipvsync_yaml(args.services, 10, {(i, e % 10): 7}))
             t = time.perf_counter()
             if prof:
                 prof.enable()

@@ -142,10 +142,7 @@ class Daemon:
     def _source_files(self) -> list[str]:
         files = [self.config_path]
         base = os.path.dirname(self.config_path)
-        patterns: list[str] = []
-        if self.config is not None:
-            patterns = list(self._include_patterns)
-        for pat in patterns:
+        for pat in self._include_patterns:  # from the last parse of the main file
             files += sorted(glob.glob(os.path.join(base, pat)))
         return files
 

@@ -391,6 +391,8 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
 
 
 _SERVICE_CACHE: dict[tuple[str, int, str, str, str], Service] = {}
+# included file -> (its Document, its schema errors): an unchanged include is not validated again
+_VALIDATED: dict[str, tuple[Document, list[ConfigError]]] = {}
 # per file: id(raw service value) -> (that value, (line, name, defaults), Service), from the last good load
 _LAST_SEEN: dict[str, dict[int, tuple[Any, tuple[int, str, str], Service]]] = {}
 
@@ -461,8 +463,13 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
                 errors.append(idoc.error((k,), f"an included file holds only 'services:'; {k!r} belongs in {path}"))
             if extra:
                 continue
-            ierrs = validate(Document(idoc.file, {"version": 1, **idoc.data}, idoc.marks,
-                                       service_marks=idoc.service_marks))
+            hit = _VALIDATED.get(inc)
+            if hit is not None and hit[0] is idoc:
+                ierrs = hit[1]  # the very document validated before (unchanged file, from the cache)
+            else:
+                ierrs = validate(Document(idoc.file, {"version": 1, **idoc.data}, idoc.marks,
+                                          service_marks=idoc.service_marks))
+                _VALIDATED[inc] = (idoc, ierrs)
             if ierrs:
                 errors.extend(ierrs)
                 continue
