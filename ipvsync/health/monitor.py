@@ -46,19 +46,20 @@ SNAPSHOT_VERSION = 1
 STALL_FACTOR = 1.5  # a timeout observed after more than 1.5x its length (+ slack) is the daemon's stall
 STALL_SLACK = 0.2
 LAUNCH_CLOCK_EVERY = 16  # within one batch of launches, read the clock again after this many
-SCHED_SLACK = 0.005  # seconds a probe may start after its due time so that neighbours share a wake-up
+SCHED_SLACK = 0.05  # seconds a probe may start after its due time so that neighbours share a wake-up
 
 
 class _Job:
     """One probe schedule shared by every subscriber with the same (spec, interval)."""
 
-    __slots__ = ("spec", "interval", "subs", "dead")
+    __slots__ = ("spec", "interval", "subs", "dead", "due")
 
     def __init__(self, spec: ProbeSpec, interval: float) -> None:
         self.spec = spec
         self.interval = interval
         self.subs: list[RsId] = []
         self.dead = False
+        self.due = 0.0  # when its current (or next) probe was due
 
 
 @dataclass(eq=False)
@@ -391,6 +392,7 @@ class HealthMonitor:
     # ------------------------------------------------------------------------------------------ scheduler
 
     def _push(self, due: float, job: _Job) -> None:
+        job.due = due
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, job))
         if due < self._deadline:
@@ -435,8 +437,12 @@ class HealthMonitor:
                         launched += 1
                         if launched % LAUNCH_CLOCK_EVERY == 0:
                             now = self.clock()  # a long batch must not start late probes "earlier"
+                if self._tcp is not None:
+                    self._tcp.flush()  # the batch's TCP checks that connected already finish here
                 if self._stopped:
                     break
+                if launched and heap and self._inflight < self.max_concurrency and heap[0][0] <= now:
+                    continue  # the flush freed slots for probes already due
                 if self._inflight >= self.max_concurrency:
                     await self._sleep(None)  # a finishing probe wakes us
                 elif heap:
@@ -474,7 +480,7 @@ class HealthMonitor:
                 tcp = self._tcp = TcpConnector(self._loop)
             start = self.clock() if now is None else now
             tcp.start(job.spec, functools.partial(self._finish, job, start),
-                      start if self.clock is time.monotonic else None)
+                      start if self.clock is time.monotonic else None, defer=True)  # run() flushes
             return
         task = self._loop.create_task(self._probe(job))
         self._tasks.add(task)
@@ -519,7 +525,8 @@ class HealthMonitor:
             except Exception:
                 log.exception("on_probe callback failed")
         self._apply(job, result, now)
-        due = start + job.interval
+        # from the due time, not the start: the start's wake-up slack must not stretch the interval
+        due = min(job.due, start) + job.interval
         self._push(due if due > now else now, job)
         if was_full:
             self._wake()

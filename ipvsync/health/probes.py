@@ -244,18 +244,22 @@ class TcpConnector:
 
     The same check as `probe_tcp` (connect within the timeout, then reset; same results, reasons and
     latency), driven by callbacks for the monitor's hot path. Under UML every syscall, clock reads
-    included, is expensive, so a probe costs only socket, connect, one epoll_ctl (closing the socket
-    removes it from the epoll), setsockopt(SO_LINGER) and close: every in-flight socket sits in one
-    private epoll whose fd is a single reader of the event loop; the clock is read once per batch of
-    completions; timeouts are kept in one FIFO per timeout length (deadlines arrive in order) behind
-    a single loop timer. `done(result, now)` is called from the event loop, never inside `start`;
-    `now` is this connector's `time.monotonic()` reading.
+    included, is expensive, so a probe that connects at once costs only socket, connect,
+    setsockopt(SO_LINGER) and close: `start` only queues a probe whose connect is in progress, and
+    `flush` checks the whole queue with one poll(2) (a local or fast server has answered by then);
+    only the probes still connecting are added to one private epoll (one epoll_ctl each; closing
+    the socket removes it), whose fd is a single reader of the event loop. The clock is read once
+    per batch of completions; timeouts are kept in one FIFO per timeout length (deadlines arrive in
+    order) behind a single loop timer. `done(result, now)` is never called inside `start`: from the
+    event loop, or from `flush`; `now` is this connector's `time.monotonic()` reading.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._ep = select.epoll()
         self._pending: dict[int, list[Any]] = {}  # fd -> [sock, t0, done]
+        self._fresh: list[int] = []  # fds started since the last flush (not in the epoll yet)
+        self._flush_handle: asyncio.Handle | None = None
         self._deadlines: dict[float, deque[tuple[float, int, list[Any]]]] = {}  # timeout -> FIFO
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -264,8 +268,12 @@ class TcpConnector:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def start(self, spec: ProbeSpec, done: Callable[[ProbeResult, float], None], t0: float | None = None) -> None:
-        """Start one check; `t0` is the caller's fresh `time.monotonic()` reading, if it has one."""
+    def start(self, spec: ProbeSpec, done: Callable[[ProbeResult, float], None], t0: float | None = None,
+              defer: bool = False) -> None:
+        """Start one check; `t0` is the caller's fresh `time.monotonic()` reading, if it has one.
+
+        With `defer` the caller calls `flush()` after its batch of starts; otherwise the loop does, soon.
+        """
         if t0 is None:
             t0 = time.monotonic()
         sock = None
@@ -274,9 +282,9 @@ class TcpConnector:
             err = sock.connect_ex(spec.sockaddr)
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 fd = sock.fileno()
-                self._ep.register(fd, select.EPOLLOUT)
                 entry = [sock, t0, done]
                 self._pending[fd] = entry
+                self._fresh.append(fd)
                 sock = None  # owned by _pending now
                 deadline = t0 + spec.timeout
                 fifo = self._deadlines.get(spec.timeout)
@@ -285,6 +293,8 @@ class TcpConnector:
                 fifo.append((deadline, fd, entry))
                 if deadline < self._timer_at:
                     self._arm(deadline)
+                if not defer and self._flush_handle is None:
+                    self._flush_handle = self.loop.call_soon(self.flush)
                 return
             if err:
                 raise OSError(err, os.strerror(err))
@@ -302,6 +312,34 @@ class TcpConnector:
                 sock.close()
         self.loop.call_soon(done, result, now)
 
+    def flush(self) -> None:
+        """Finish the started probes whose connect is already over (one poll(2) for all of them);
+        watch the others in the epoll. Calls their `done` before it returns."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        fresh = self._fresh
+        if not fresh:
+            return
+        self._fresh = []
+        pending = self._pending
+        p = select.poll()
+        for fd in fresh:
+            if fd in pending:  # not abandoned by close()
+                p.register(fd, select.POLLOUT)
+        try:
+            events = p.poll(0)
+        except OSError:  # cannot happen for open fds; fall back to the epoll for every one
+            events = []
+        ready = set()
+        if events:
+            self._complete(events, time.monotonic())
+            ready = {fd for fd, _ev in events}
+        register = self._ep.register
+        for fd in dict.fromkeys(fresh):  # an fd abandoned by a timeout may have been reused in the batch
+            if fd not in ready and fd in pending:
+                register(fd, select.EPOLLOUT)
+
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -311,9 +349,10 @@ class TcpConnector:
 
     def _ready(self) -> None:
         events = self._ep.poll(0)
-        if not events:
-            return
-        now = time.monotonic()  # one clock read for the whole batch
+        if events:
+            self._complete(events, time.monotonic())  # one clock read for the whole batch
+
+    def _complete(self, events: list[tuple[int, int]], now: float) -> None:
         pending = self._pending
         for fd, ev in events:
             entry = pending.pop(fd, None)
@@ -322,7 +361,7 @@ class TcpConnector:
             sock, t0, done = entry
             entry[2] = None  # completed: its deadline in the FIFO is now a no-op
             try:
-                # tcp_poll flags EPOLLERR whenever sk_err is set: without it SO_ERROR is 0 (saves a syscall)
+                # tcp_poll flags POLLERR whenever sk_err is set: without it SO_ERROR is 0 (saves a syscall)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ev & _EPOLL_FAILED else 0
                 if err:
                     raise OSError(err, os.strerror(err))
@@ -332,7 +371,10 @@ class TcpConnector:
                 result = ProbeResult(False, _reason(exc), now - t0)
             finally:
                 sock.close()
-            done(result, now)
+            try:
+                done(result, now)
+            except Exception as exc:  # as a loop callback would: reported, the other probes go on
+                self.loop.call_exception_handler({"message": "TCP check callback failed", "exception": exc})
 
     def _expire(self) -> None:
         self._timer = None
@@ -367,6 +409,10 @@ class TcpConnector:
             entry[0].close()
             entry[2] = None
         self._pending.clear()
+        self._fresh = []
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         self._deadlines.clear()
         if self._timer is not None:
             self._timer.cancel()
