@@ -41,10 +41,11 @@ class MemoryKernel:
         self.link = False
         self.ipvs = self
 
-    def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False, only=None):
-        svcs = self.services if only is None else {k: v for k, v in self.services.items() if k in only}
-        return P.Observed(services=dict(svcs), addresses=frozenset(self.addresses), link_exists=self.link,
-                          link_up=self.link)
+    def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False, only=None,
+                addresses: bool = True):
+        svcs = self.services if only is None else {k: self.services[k] for k in only if k in self.services}
+        return P.Observed(services=dict(svcs), addresses=frozenset(self.addresses) if addresses else frozenset(),
+                          link_exists=self.link, link_up=self.link)
 
     def run_ipvs(self, ops):
         for op in ops:

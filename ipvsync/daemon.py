@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipvsync.apply import Applier, ApplyResult, FaultSeam
 from ipvsync.config.build import load_config
@@ -54,6 +54,12 @@ MAX_BACKOFF = 60.0
 DRAIN_POLL = 1.0
 DATA_PATH_SYSCTLS = ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template",
                      "net.ipv4.vs.conntrack", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+
+
+class ReloadScope(NamedTuple):
+    keys: set[ServiceKey] | None  # services to converge; None = all
+    leaving: set[ServiceKey] | None  # keys that left the config; None = unknown
+    vips_changed: bool  # a VIP declaration changed (or services came or went)
 
 
 @dataclass
@@ -173,10 +179,19 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------- kernel
 
-    def observe(self, config: Config, only: set[ServiceKey] | None = None) -> Observed:
-        """The kernel as the planner needs it for `config` (only those services, when given)."""
+    def observe(self, config: Config, only: set[ServiceKey] | None = None, vips: bool = True) -> Observed:
+        """The kernel as the planner needs it for `config` (only those services, when given;
+        without the VIP interface's addresses when `vips` is False)."""
         return self.kernel.observe(config.vip_interface, daemons=bool(config.sync_daemons) or bool(
-            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=only)
+            self.state.owned.daemons), timeouts=config.ipvs_timeouts is not None, only=only, addresses=vips)
+
+    def vips_matter(self, config: Config, scope: set[ServiceKey] | None, declared_vips_changed: bool) -> bool:
+        """Whether a converge of `scope` must read and plan VIP addresses. A weight edit or a health
+        verdict of a few services leaves every VIP as it is (kernel events and the reconcile repair
+        VIP drift); a VIP declaration change, drains (they hold VIPs), withdraw_vip or a link event
+        need them."""
+        return (scope is None or not scope or declared_vips_changed or bool(self.state.drains)
+                or any(s.withdraw_vip for s in config.services))
 
     def desired_for(self, config: Config, observed: Observed, now_mono: float, commit: bool = True,
                     scope: set[ServiceKey] | None = None) -> tuple[Desired, Desired]:
@@ -228,14 +243,18 @@ class Daemon:
             log.warning("adopted (made by another writer): %s", text)
 
     def converge_with(self, config: Config, reason: str, scope: set[ServiceKey] | None = None,
-                      observed: Observed | None = None) -> ApplyResult:
+                      observed: Observed | None = None, vips: bool | None = None) -> ApplyResult:
         """Observe, plan, apply for `config`; logs each change. Raises OSError on kernel errors.
 
         `scope` narrows the work to those services (a health verdict or a one-service edit must
         not re-read 10,000 real servers); None means everything. Drift elsewhere is the periodic
-        reconcile's job. `observed`: the kernel just read for this config and scope, if the caller has it."""
+        reconcile's job. `observed`: the kernel just read for this config and scope, if the caller has it.
+        vips=False (scoped only): VIP addresses are neither read nor planned; None: see vips_matter."""
+        if vips is None:
+            vips = self.vips_matter(config, scope, False)
+        vips = vips or scope is None
         if observed is None:
-            observed = self.observe(config, scope)
+            observed = self.observe(config, scope, vips)
         old_drains = self.state.drains
         desired, _declared = self.desired_for(config, observed, time.monotonic(), scope=scope)
         if scope is not None:
@@ -243,12 +262,14 @@ class Daemon:
             visited = {str(x) for x in scope}
             self.state.drains = {**{k: v for k, v in old_drains.items() if k.split("|", 1)[0] not in visited},
                                  **self.state.drains}
-            vips = dict(desired.vips)
-            for rec in self.state.drains.values():
-                for addr in rec.get("vips", []):
-                    vips.setdefault(Vip(addr, desired.vip_interface), NO_ORIGIN)
+            wanted: dict[Vip, Any] = {}
+            if vips:
+                wanted = dict(desired.vips)
+                for rec in self.state.drains.values():
+                    for addr in rec.get("vips", []):
+                        wanted.setdefault(Vip(addr, desired.vip_interface), NO_ORIGIN)
             desired = replace(desired, services={k: v for k, v in desired.services.items() if k in scope},
-                              vips=vips)
+                              vips=wanted)
         assert self.applier is not None
         p = plan(desired, observed, self.state.owned, sync_daemons=config.sync_daemons,
                  timeouts=config.ipvs_timeouts)
@@ -257,7 +278,7 @@ class Daemon:
         # owned services outside the scope are safe: the planner only deletes what it observed
         result = self.applier.converge(
             desired, observed, self.state, sync_daemons=config.sync_daemons, timeouts=config.ipvs_timeouts,
-            first_plan=p, reobserve=lambda: self.observe(config, scope))
+            first_plan=p, reobserve=lambda: self.observe(config, scope, vips))
         self.counters["applies"] += 1
         self.last_apply = result
         names = {**p.names}
@@ -279,25 +300,42 @@ class Daemon:
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.store.path, exc)
 
-    def reload_scope(self, old: Config | None, new: Config) -> set[ServiceKey] | None:
+    def reload_scope(self, old: Config | None, new: Config) -> ReloadScope:
         """The services a reload must re-read and converge: those whose declaration changed, were
-        added or removed. None (everything) at start or when a global setting changed."""
+        added or removed (None: everything, at start or when a global setting changed); the keys
+        that left the config; whether any VIP declaration changed.
+
+        O(changed): the loader hands back the identical Service object for an unchanged
+        declaration, so only the services that are not the same objects are compared."""
         if old is None or (old.vip_interface, old.vip_mode, old.sync_daemons, old.ipvs_timeouts, old.sysctls) != (
                 new.vip_interface, new.vip_mode, new.sync_daemons, new.ipvs_timeouts, new.sysctls):
-            return None
-        before = old.by_key()
-        scope = {s.key for s in new.services if before.get(s.key) is not s and before.get(s.key) != s}
-        now = {s.key for s in new.services}
-        scope |= {k for k in before if k not in now}
-        return scope
+            return ReloadScope(None, None, True)
+        old_ids = {id(s) for s in old.services}
+        new_ids = {id(s) for s in new.services}
+        gone = {s.key: s for s in old.services if id(s) not in new_ids}
+        scope: set[ServiceKey] = set()
+        vips = False
+        for s in new.services:
+            if id(s) in old_ids:
+                continue
+            before = gone.pop(s.key, None)
+            if before is None or before != s:
+                scope.add(s.key)
+                vips = vips or before is None or before.vips != s.vips
+        scope |= gone.keys()  # what is left of `gone` left the config
+        return ReloadScope(scope, set(gone), vips or bool(gone))
 
-    def deletion_guard(self, new: Config, live_keys: Callable[[], set[ServiceKey]]) -> str | None:
+    def deletion_guard(self, new: Config, live_keys: Callable[[], set[ServiceKey]],
+                       leaving: set[ServiceKey] | None = None) -> str | None:
         """Refuse a reload that deletes every owned service (or more than max_delete).
 
-        `live_keys` reads the kernel's services; only called when an owned service leaves."""
-        keys = {s.key for s in new.services}
-        if all(k in keys for k in self.state.owned.services):
+        `live_keys` reads the kernel's services; only called when an owned service leaves.
+        `leaving`: the keys that left the config, when the caller knows them (None: work it out)."""
+        if leaving is not None and not any(k in self.state.owned.services for k in leaving):
             return None  # nothing owned leaves: no need to read the kernel
+        keys = new.by_key()
+        if all(k in keys for k in self.state.owned.services):
+            return None
         live = live_keys()
         owned_live = [k for k in self.state.owned.services if k in live]
         if not owned_live:
@@ -349,10 +387,12 @@ class Daemon:
         old = self.config
         if old is not None and new.digest == old.digest and why != "start":
             return ReloadOutcome(0, "config unchanged", [], now)
-        scope = self.reload_scope(old, new)
-        observed = self.observe(new, scope)
+        rs = self.reload_scope(old, new)
+        scope = rs.keys
+        vips = self.vips_matter(new, scope, rs.vips_changed)
+        observed = self.observe(new, scope, vips)
         guard = self.deletion_guard(new, lambda: {s.key for s in self.kernel.ipvs.services()}
-                                    if scope is not None else set(observed.services))
+                                    if scope is not None else set(observed.services), rs.leaving)
         if guard:
             log.error("config rejected: %s", guard, extra={"CONFIG_FILE": new.file})
             return ReloadOutcome(1, guard, [f"{new.file}: {guard}"], now)
@@ -362,7 +402,7 @@ class Daemon:
             self.health.update(new, serving, self.state.health if old is None else None)
             if old is None:
                 self.quorum = self.start_quorum(new, observed)
-        result = self.converge_with(new, "reload", scope, observed)
+        result = self.converge_with(new, "reload", scope, observed, vips)
         if not result.ok:
             if old is not None and self.health is not None:
                 self.health.update(old, self._serving(old, observed), None)

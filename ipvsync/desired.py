@@ -58,11 +58,43 @@ def _service(svc: Service) -> DesiredService:
     return DesiredService(svc.name, svc.key, svc.attrs, dests, svc.origin, svc.vips)
 
 
+_PREV: tuple[Config, Desired] | None = None
+
+
+def _edited(config: Config) -> Desired | None:
+    """The previous result with the services that changed in place swapped, when the config differs
+    from the previous one only by edits (same services, same order, same VIPs and origins): a
+    one-service reload costs that service, not 1000 dict inserts."""
+    if _PREV is None:
+        return None
+    prev_config, prev = _PREV
+    old = prev_config.services
+    if len(old) != len(config.services) or (prev_config.vip_mode, prev_config.vip_interface) != (
+            config.vip_mode, config.vip_interface):
+        return None
+    changed = [(a, b) for a, b in zip(old, config.services, strict=True) if a is not b]
+    if len(changed) * 4 > len(old) or any(
+            (a.key, a.name, a.vips, a.origin) != (b.key, b.name, b.vips, b.origin) for a, b in changed):
+        return None
+    services = dict(prev.services)  # a copy keeps the order and the stored hashes
+    for a, b in changed:
+        services[b.key] = ds = _service(b)
+        _LAST.pop(id(a), None)
+        _LAST[id(b)] = (b, ds)
+    return Desired(services, prev.vips, prev.vip_interface, prev.manage_vips)
+
+
 def from_config(config: Config) -> Desired:
     """The kernel state the config asks for, before health, drain and quorum adjust it.
 
     The result is shared: callers derive modified copies, they never mutate it."""
-    global _LAST
+    global _LAST, _PREV
+    if _PREV is not None and _PREV[0] is config:
+        return _PREV[1]
+    edited = _edited(config)
+    if edited is not None:
+        _PREV = (config, edited)
+        return edited
     services: dict[ServiceKey, DesiredService] = {}
     vips: dict[Vip, Origin] = {}
     manage = config.vip_mode != "external"
@@ -74,4 +106,5 @@ def from_config(config: Config) -> Desired:
             for addr in svc.vips:
                 vips.setdefault(Vip(addr, config.vip_interface), svc.origin)
     _LAST = seen
-    return Desired(services, vips, config.vip_interface, manage)
+    _PREV = (config, Desired(services, vips, config.vip_interface, manage))
+    return _PREV[1]

@@ -557,4 +557,5 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
         vip_interface=data.get("vip_interface", "ipvsync0"), vip_mode=data.get("vip_mode", "managed"),
         external_state_file=data.get("external_state_file"), allow_empty=data.get("allow_empty", False),
         max_delete=data.get("max_delete"), reconcile_interval=reconcile, sysctls=dict(data.get("sysctls", {})),
-        ipvs_timeouts=timeouts, metrics_listen=(data.get("metrics") or {}).get("listen"), sync_daemons=tuple(sync))
+        ipvs_timeouts=timeouts, metrics_listen=(data.get("metrics") or {}).get("listen"), sync_daemons=tuple(sync),
+        keyed=keys)

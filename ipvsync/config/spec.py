@@ -87,6 +87,7 @@ class Config:
     ipvs_timeouts: tuple[int, int, int] | None = None  # tcp, tcpfin, udp seconds (0 = leave)
     metrics_listen: str | None = None
     sync_daemons: tuple[SyncDaemon, ...] = ()
+    keyed: dict[ServiceKey, Service] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def service(self, name: str) -> Service | None:
         for s in self.services:
@@ -95,6 +96,9 @@ class Config:
         return None
 
     def by_key(self) -> dict[ServiceKey, Service]:
+        """Services by key (the loader's index when it matches; read it, do not change it)."""
+        if len(self.keyed) == len(self.services):  # not a replace()d view with fewer services
+            return self.keyed
         return {s.key: s for s in self.services}
 
     @property

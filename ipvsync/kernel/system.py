@@ -83,8 +83,11 @@ class Kernel:
         self.close()
 
     def observe(self, vip_interface: str, *, daemons: bool = False, timeouts: bool = False,
-                only: Collection[ServiceKey] | None = None) -> Observed:
-        """The kernel's state; with `only`, just those services (and their real servers) are read."""
+                only: Collection[ServiceKey] | None = None, addresses: bool = True) -> Observed:
+        """The kernel's state; with `only`, just those services (and their real servers) are read.
+
+        addresses=False: the VIP interface's addresses are not read (reported empty): for callers
+        that plan no VIP change (a weight edit must not decode 1000 addresses)."""
         if only is None:
             services = self.ipvs.dump()
         else:
@@ -97,13 +100,13 @@ class Kernel:
         links = self.rtnl.links()
         self._dummy = {name: ln.kind == "dummy" for name, ln in links.items()}
         link = links.get(vip_interface)
-        addresses: frozenset[Vip] = frozenset()
-        if link is not None:
-            addresses = frozenset(
+        vips: frozenset[Vip] = frozenset()
+        if link is not None and addresses:
+            vips = frozenset(
                 Vip(a.address, vip_interface) for a in self.rtnl.addresses()
                 if a.index == link.index and a.prefixlen in (32, 128))
         return Observed(
-            services=services, addresses=addresses, link_exists=link is not None,
+            services=services, addresses=vips, link_exists=link is not None,
             link_up=bool(link and link.up),
             daemons=tuple(self.ipvs.daemons()) if daemons else (),
             timeouts=self.ipvs.config() if timeouts else None)
