@@ -13,12 +13,11 @@ import json
 import os
 import re
 import stat
-from functools import lru_cache
 from typing import Any
 
 from ipvsync.config.chunks import parse_services_incrementally
 from ipvsync.config.load import ConfigError, ConfigInvalid, Document, Path, parse
-from ipvsync.config.schema import validate
+from ipvsync.config.schema import content_key, validate
 from ipvsync.config.spec import DEFAULT_DRAIN_TIMEOUT, Config, Origin, RealServer, Service, SourceFile
 from ipvsync.model import (
     AF_INET,
@@ -44,16 +43,12 @@ from ipvsync.model import (
 )
 
 
-@lru_cache(maxsize=65536)
-def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """ipaddress.ip_address, memoised: a 10k-real-server config parses the same text often."""
-    return ipaddress.ip_address(text)
-
-
-@lru_cache(maxsize=65536)
 def address_kind(text: str) -> tuple[str, int, str]:
-    """(canonical text, IP version, "" or "unspecified"/"multicast"); ValueError if not an address."""
-    ip = ip_address(text)
+    """(canonical text, IP version, "" or "unspecified"/"multicast"); ValueError if not an address.
+
+    Not memoised: the daemon reuses unchanged services whole (config.chunks), so a cache would
+    only hold 10,000 address objects in memory for nothing."""
+    ip = ipaddress.ip_address(text)
     bad = "unspecified" if ip.is_unspecified else "multicast" if ip.is_multicast else ""
     return str(ip), ip.version, bad
 
@@ -108,14 +103,14 @@ def split_real_server(text: str, default_port: int) -> tuple[str, int]:
     else:
         addr, port_text = text, ""
     try:
-        ip = ip_address(addr)
+        canon = address_kind(addr)[0]
     except ValueError:
         raise ValueError(f"{addr!r} is not an IPv4 or IPv6 address") from None
     if port_text == "":
-        return str(ip), default_port
+        return canon, default_port
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
-    return str(ip), int(port_text)
+    return canon, int(port_text)
 
 
 class _Builder:
@@ -390,7 +385,7 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
 
 
-_SERVICE_CACHE: dict[tuple[str, int, str, str, str], Service] = {}
+_SERVICE_CACHE: dict[tuple[str, int, str, bytes, str], Service] = {}
 # included file -> (its Document, its schema errors): an unchanged include is not validated again
 _VALIDATED: dict[str, tuple[Document, list[ConfigError]]] = {}
 # per file: id(raw service value) -> (that value, (line, name, defaults), Service), from the last good load
@@ -501,7 +496,7 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
                 svc = hit[2]  # the very value parsed before (config.chunks reuse): no JSON key needed
                 ckey = None
             else:
-                ckey = (doc.file, line, name, json.dumps(raw, sort_keys=True, default=str), defaults_json)
+                ckey = (doc.file, line, name, content_key(raw), defaults_json)
                 svc = _SERVICE_CACHE.get(ckey)
             if svc is None and ckey is not None:
                 n_err = len(b.errors)

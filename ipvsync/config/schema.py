@@ -6,6 +6,7 @@ turns jsonschema's errors into `ConfigError`s a sysadmin can act on. Semantics l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -103,7 +104,12 @@ def _name_ok(pattern: str, name: str) -> bool:
     return re.search(pattern, name) is not None
 
 
-_SERVICE_ERRORS: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
+def content_key(value: Any) -> bytes:
+    """A 16-byte digest of a parsed value's canonical JSON: a compact cache key (10k of them)."""
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=16).digest()
+
+
+_SERVICE_ERRORS: dict[bytes, list[tuple[tuple[Any, ...], str]]] = {}
 # per file: id(service value) -> (that value, its errors), for values reused unchanged by config.chunks
 _LAST_SEEN: dict[str, dict[int, tuple[Any, list[tuple[tuple[Any, ...], str]]]]] = {}
 
@@ -148,7 +154,7 @@ def validate(doc: Document) -> list[ConfigError]:
             if hit is not None and hit[0] is svc:  # the very value parsed before (config.chunks reuse)
                 errs = hit[1]
             else:
-                key = json.dumps(svc, sort_keys=True, default=str)
+                key = content_key(svc)
                 errs = _SERVICE_ERRORS.get(key)
                 if errs is None:
                     errs = _collect(_service_validator(), svc, ())
