@@ -525,7 +525,8 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
                 hd = current_dests[dkey]
                 del_dst.append(DelDest(key, dkey, hd.family, hd.attrs.normalised(), origin=want.origin))
 
-    for key in sorted((k for k in owned.services if k not in desired.services and k in observed_services),
+    # intersections walk the smaller side: a scoped converge observes a few of 1000 owned services
+    for key in sorted((k for k in observed_services if k in owned.services and k not in desired.services),
                       key=SERVICE_ORDER):
         have = observed.services[key]
         dests = tuple((dk, d.family, d.attrs.normalised()) for dk, d in sorted(have.dests.items()))
@@ -540,7 +541,7 @@ def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tu
                 link_ops.append(SetLinkUp(iface, True))
         for vip in sorted((v for v in desired.vips if v not in observed.addresses), key=VIP_ORDER):
             vip_bind.append(BindVip(vip, origin=desired.vips[vip]))
-    for vip in sorted((v for v in owned.vips if v in observed.addresses and v not in desired.vips), key=VIP_ORDER):
+    for vip in sorted((v for v in observed.addresses if v in owned.vips and v not in desired.vips), key=VIP_ORDER):
         vip_unbind.append(UnbindVip(vip))
 
     want_daemons = set(sync_daemons)
