@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from ipvsync.apply import Applier, ApplyResult, FaultSeam
 from ipvsync.config.build import load_config
 from ipvsync.config.load import ConfigInvalid, Document
-from ipvsync.config.spec import Config
+from ipvsync.config.spec import Config, Service
 from ipvsync.desired import Desired, from_config
 from ipvsync.drain import apply_drains
 from ipvsync.model import DestKey, ServiceKey, Vip
@@ -60,6 +60,7 @@ class ReloadScope(NamedTuple):
     keys: set[ServiceKey] | None  # services to converge; None = all
     leaving: set[ServiceKey] | None  # keys that left the config; None = unknown
     vips_changed: bool  # a VIP declaration changed (or services came or went)
+    replaced: list[Service] | None = None  # old declarations not carried over as they were; None = all
 
 
 @dataclass
@@ -73,6 +74,17 @@ class ReloadOutcome:
         result = {0: "applied", 1: "rejected", 5: "rolled back", 6: "rollback failed"}.get(self.code, "error")
         return {"code": self.code, "result": result, "message": self.message, "errors": self.errors,
                 "time": self.at}
+
+
+_WITHDRAWS: tuple[Config, bool] | None = None
+
+
+def withdraws(config: Config) -> bool:
+    """Whether any service may withdraw its VIP (quorum); remembered for the last config asked about."""
+    global _WITHDRAWS
+    if _WITHDRAWS is None or _WITHDRAWS[0] is not config:
+        _WITHDRAWS = (config, any(s.withdraw_vip for s in config.services))
+    return _WITHDRAWS[1]
 
 
 def settle_heap() -> None:
@@ -190,8 +202,7 @@ class Daemon:
         verdict of a few services leaves every VIP as it is (kernel events and the reconcile repair
         VIP drift); a VIP declaration change, drains (they hold VIPs), withdraw_vip or a link event
         need them."""
-        return (scope is None or not scope or declared_vips_changed or bool(self.state.drains)
-                or any(s.withdraw_vip for s in config.services))
+        return scope is None or not scope or declared_vips_changed or bool(self.state.drains) or withdraws(config)
 
     def desired_for(self, config: Config, observed: Observed, now_mono: float, commit: bool = True,
                     scope: set[ServiceKey] | None = None) -> tuple[Desired, Desired]:
@@ -207,9 +218,10 @@ class Daemon:
 
             prev = self.quorum or QuorumState()
             view, part = config, declared
-            if scope is not None and not any(s.withdraw_vip for s in config.services):
-                view = replace(config, services=tuple(s for s in config.services if s.key in scope))
-                part = replace(declared, services={k: v for k, v in declared.services.items() if k in scope})
+            if scope is not None and not withdraws(config):
+                by_key = config.by_key()
+                view = replace(config, services=tuple(by_key[k] for k in scope if k in by_key))
+                part = replace(declared, services={k: declared.services[k] for k in scope if k in declared.services})
             op_drains = {(svc.name, rs.key) for svc in view.services for rs in svc.real_servers
                          if rs_id_key(svc.name, rs.key) in self.state.operator_drains
                          } if self.state.operator_drains else set()
@@ -312,7 +324,8 @@ class Daemon:
             return ReloadScope(None, None, True)
         old_ids = {id(s) for s in old.services}
         new_ids = {id(s) for s in new.services}
-        gone = {s.key: s for s in old.services if id(s) not in new_ids}
+        replaced = [s for s in old.services if id(s) not in new_ids]
+        gone = {s.key: s for s in replaced}
         scope: set[ServiceKey] = set()
         vips = False
         for s in new.services:
@@ -323,7 +336,7 @@ class Daemon:
                 scope.add(s.key)
                 vips = vips or before is None or before.vips != s.vips
         scope |= gone.keys()  # what is left of `gone` left the config
-        return ReloadScope(scope, set(gone), vips or bool(gone))
+        return ReloadScope(scope, set(gone), vips or bool(gone), replaced)
 
     def deletion_guard(self, new: Config, live_keys: Callable[[], set[ServiceKey]],
                        leaving: set[ServiceKey] | None = None) -> str | None:
@@ -396,7 +409,7 @@ class Daemon:
         if guard:
             log.error("config rejected: %s", guard, extra={"CONFIG_FILE": new.file})
             return ReloadOutcome(1, guard, [f"{new.file}: {guard}"], now)
-        self._remember_drain_timeouts(old)
+        self._remember_drain_timeouts(old, rs.replaced)
         if self.health is not None:
             serving = self._serving(new, observed)
             self.health.update(new, serving, self.state.health if old is None else None)
@@ -429,16 +442,18 @@ class Daemon:
                  and not any(Vip(a, config.vip_interface) in observed.addresses for a in s.vips)}
         return QuorumState(frozenset(below))
 
-    def _remember_drain_timeouts(self, old: Config | None) -> None:
+    def _remember_drain_timeouts(self, old: Config | None, replaced: list[Service] | None = None) -> None:
+        """Keep the drain timeouts of the old declarations a reload replaces (what leaves drains with them)."""
         if old is not None:
-            for s in old.services:
+            for s in old.services if replaced is None else replaced:
                 self.drain_timeouts[s.key] = s.drain_timeout
 
     def _serving(self, config: Config, observed: Observed) -> set[tuple[str, DestKey]]:
         out: set[tuple[str, DestKey]] = set()
-        for svc in config.services:
-            have = observed.services.get(svc.key)
-            if have is None:
+        by_key = config.by_key()
+        for key, have in observed.services.items():  # the observed side: a scoped read holds a few
+            svc = by_key.get(key)
+            if svc is None:
                 continue
             for rs in svc.real_servers:
                 d = have.dests.get(rs.key)
