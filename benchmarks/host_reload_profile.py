@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--edits", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sort", default="cumulative", help="pstats order with --profile (tottime, ...)")
     ap.add_argument("--split", action="store_true", help="conf.d split: 100 files x 10 services, edit one file")
     ap.add_argument("--real-kernel", action="store_true", help="netlink (UML), not the in-memory kernel")
     args = ap.parse_args()
@@ -129,7 +130,7 @@ def main() -> int:
         what = "edit -> kernel:" if args.real_kernel else "edit -> kernel (in-memory kernel):"
         print(what, " ".join(f"{x * 1000:.1f} ms" for x in lat))
         if prof:
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
 
     asyncio.run(go())
     return 0
