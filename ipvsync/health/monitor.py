@@ -525,8 +525,10 @@ class HealthMonitor:
             except Exception:
                 log.exception("on_probe callback failed")
         self._apply(job, result, now)
-        # from the due time, not the start: the start's wake-up slack must not stretch the interval
-        due = min(job.due, start) + job.interval
+        # the scheduler's own wake-up slack must not stretch the interval (keep the phase), but a probe
+        # that started later than that (a busy process) waits a whole interval before the next one
+        late = start - job.due
+        due = start + job.interval - (late if 0.0 < late <= 2 * min(SCHED_SLACK, job.interval * 0.01) else 0.0)
         self._push(due if due > now else now, job)
         if was_full:
             self._wake()

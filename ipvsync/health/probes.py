@@ -237,6 +237,28 @@ async def probe_tcp(spec: ProbeSpec) -> ProbeResult:
 
 
 _EPOLL_FAILED = select.EPOLLERR | select.EPOLLHUP
+_EPOLL_ARM = select.EPOLLOUT | select.EPOLLONESHOT
+POOL_MAX = 1024  # idle sockets one TcpConnector keeps for reuse
+
+
+def _disconnector() -> Callable[[int], int] | None:
+    """connect(fd, AF_UNSPEC) through libc (Python's socket API cannot pass AF_UNSPEC): a TCP socket's
+    disconnect (RST if connected, as close with SO_LINGER 0), leaving it reusable for another connect.
+    None without ctypes: every probe then takes a new socket."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).connect
+        fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+        fn.restype = ctypes.c_int
+        unspec = ctypes.create_string_buffer(16)  # struct sockaddr with sa_family AF_UNSPEC (0)
+    except Exception:
+        return None
+
+    def disconnect(fd: int) -> int:
+        return fn(fd, unspec, 16)
+
+    return disconnect
 
 
 class TcpConnector:
@@ -244,25 +266,31 @@ class TcpConnector:
 
     The same check as `probe_tcp` (connect within the timeout, then reset; same results, reasons and
     latency), driven by callbacks for the monitor's hot path. Under UML every syscall, clock reads
-    included, is expensive, so a probe that connects at once costs only socket, connect,
-    setsockopt(SO_LINGER) and close: `start` only queues a probe whose connect is in progress, and
-    `flush` checks the whole queue with one poll(2) (a local or fast server has answered by then);
-    only the probes still connecting are added to one private epoll (one epoll_ctl each; closing
-    the socket removes it), whose fd is a single reader of the event loop. The clock is read once
-    per batch of completions; timeouts are kept in one FIFO per timeout length (deadlines arrive in
-    order) behind a single loop timer. `done(result, now)` is never called inside `start`: from the
-    event loop, or from `flush`; `now` is this connector's `time.monotonic()` reading.
+    included, is expensive, so a probe that connects at once costs two: connect, and a disconnect
+    (connect to AF_UNSPEC: RST, as close with SO_LINGER 0) that returns the socket to a pool for the
+    next probe with the same family, fwmark and source address (a probe that fails, times out or
+    cannot be disconnected closes its socket). `start` only queues a probe whose connect is in
+    progress, and `flush` checks the whole queue with one poll(2) (a local or fast server has answered
+    by then); only the probes still connecting are armed in one private epoll (EPOLLONESHOT, one
+    epoll_ctl each), whose fd is a single reader of the event loop. The clock is read once per batch
+    of completions; timeouts are kept in one FIFO per timeout length (deadlines arrive in order)
+    behind a single loop timer. `done(result, now)` is never called inside `start`: from the event
+    loop, or from `flush`; `now` is this connector's `time.monotonic()` reading.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._ep = select.epoll()
-        self._pending: dict[int, list[Any]] = {}  # fd -> [sock, t0, done]
-        self._fresh: list[int] = []  # fds started since the last flush (not in the epoll yet)
+        self._pending: dict[int, list[Any]] = {}  # fd -> [sock, t0, done, pool key]
+        self._fresh: list[int] = []  # fds started since the last flush (not armed in the epoll)
         self._flush_handle: asyncio.Handle | None = None
         self._deadlines: dict[float, deque[tuple[float, int, list[Any]]]] = {}  # timeout -> FIFO
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._disconnect = _disconnector()
+        self._idle: dict[tuple[int, int, str], list[socket.socket]] = {}  # (family, fwmark, source) -> pool
+        self._nidle = 0
+        self._in_ep: set[int] = set()  # fds of open sockets known to the epoll (armed or spent)
         loop.add_reader(self._ep.fileno(), self._ready)
 
     def __len__(self) -> int:
@@ -277,12 +305,22 @@ class TcpConnector:
         if t0 is None:
             t0 = time.monotonic()
         sock = None
+        key = (AF_INET6 if ":" in spec.address else AF_INET, spec.fwmark, spec.source_address)
         try:
-            sock = _socket(spec, socket.SOCK_STREAM)
-            err = sock.connect_ex(spec.sockaddr)
+            idle = self._idle.get(key)
+            if idle:
+                sock = idle.pop()
+                self._nidle -= 1
+                err = sock.connect_ex(spec.sockaddr)
+                if err in (errno.EISCONN, errno.EALREADY, errno.EINVAL):  # not reset after all: take a new one
+                    self._discard(sock)
+                    sock = None
+            if sock is None:
+                sock = _socket(spec, socket.SOCK_STREAM)
+                err = sock.connect_ex(spec.sockaddr)
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 fd = sock.fileno()
-                entry = [sock, t0, done]
+                entry = [sock, t0, done, key]
                 self._pending[fd] = entry
                 self._fresh.append(fd)
                 sock = None  # owned by _pending now
@@ -298,7 +336,8 @@ class TcpConnector:
                 return
             if err:
                 raise OSError(err, os.strerror(err))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            self._release(sock, key)
+            sock = None
             now = time.monotonic()
             result = ProbeResult(True, "ok", now - t0)
         except (OSError, TimeoutError) as exc:
@@ -309,12 +348,12 @@ class TcpConnector:
             result = ProbeResult(False, _reason(exc), 0.0)
         finally:
             if sock is not None:
-                sock.close()
+                self._discard(sock)
         self.loop.call_soon(done, result, now)
 
     def flush(self) -> None:
         """Finish the started probes whose connect is already over (one poll(2) for all of them);
-        watch the others in the epoll. Calls their `done` before it returns."""
+        arm the others in the epoll. Calls their `done` before it returns."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -325,20 +364,41 @@ class TcpConnector:
         pending = self._pending
         p = select.poll()
         for fd in fresh:
-            if fd in pending:  # not abandoned by close()
+            if fd in pending:  # not abandoned by a timeout or close()
                 p.register(fd, select.POLLOUT)
         try:
             events = p.poll(0)
-        except OSError:  # cannot happen for open fds; fall back to the epoll for every one
+        except OSError:  # cannot happen for open fds; then the epoll watches every one
             events = []
         ready = set()
         if events:
             self._complete(events, time.monotonic())
             ready = {fd for fd, _ev in events}
-        register = self._ep.register
+        ep, in_ep = self._ep, self._in_ep
         for fd in dict.fromkeys(fresh):  # an fd abandoned by a timeout may have been reused in the batch
             if fd not in ready and fd in pending:
-                register(fd, select.EPOLLOUT)
+                if fd in in_ep:
+                    ep.modify(fd, _EPOLL_ARM)
+                else:
+                    ep.register(fd, _EPOLL_ARM)
+                    in_ep.add(fd)
+
+    def _release(self, sock: socket.socket, key: tuple[int, int, str]) -> None:
+        """A connected socket is done: reset it (RST) and keep it for the next probe, or close it."""
+        dis = self._disconnect
+        if dis is not None and self._nidle < POOL_MAX and dis(sock.fileno()) == 0:
+            self._idle.setdefault(key, []).append(sock)
+            self._nidle += 1
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)  # RST, as the disconnect
+        except OSError:
+            pass
+        self._discard(sock)
+
+    def _discard(self, sock: socket.socket) -> None:
+        self._in_ep.discard(sock.fileno())
+        sock.close()
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -358,19 +418,19 @@ class TcpConnector:
             entry = pending.pop(fd, None)
             if entry is None:
                 continue
-            sock, t0, done = entry
+            sock, t0, done, key = entry
             entry[2] = None  # completed: its deadline in the FIFO is now a no-op
             try:
                 # tcp_poll flags POLLERR whenever sk_err is set: without it SO_ERROR is 0 (saves a syscall)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ev & _EPOLL_FAILED else 0
-                if err:
-                    raise OSError(err, os.strerror(err))
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
-                result = ProbeResult(True, "ok", now - t0)
             except OSError as exc:
-                result = ProbeResult(False, _reason(exc), now - t0)
-            finally:
-                sock.close()
+                err = exc.errno or errno.EIO
+            if err:
+                result = ProbeResult(False, _reason(OSError(err, os.strerror(err))), now - t0)
+                self._discard(sock)
+            else:
+                result = ProbeResult(True, "ok", now - t0)
+                self._release(sock, key)
             try:
                 done(result, now)
             except Exception as exc:  # as a loop callback would: reported, the other probes go on
@@ -397,18 +457,25 @@ class TcpConnector:
         if nxt < float("inf"):
             self._arm(nxt)
         for entry in expired:
-            sock, t0, done = entry
+            sock, t0, done = entry[0], entry[1], entry[2]
             entry[2] = None
-            sock.close()
+            self._discard(sock)
             done(ProbeResult(False, "timeout", now - t0), now)
 
     def close(self) -> int:
-        """Abandon every in-flight probe (their callbacks are not called); returns how many."""
+        """Abandon every in-flight probe (their callbacks are not called) and close the idle sockets;
+        returns how many probes were abandoned."""
         n = len(self._pending)
         for entry in self._pending.values():
             entry[0].close()
             entry[2] = None
         self._pending.clear()
+        for idle in self._idle.values():
+            for sock in idle:
+                sock.close()
+        self._idle.clear()
+        self._nidle = 0
+        self._in_ep.clear()
         self._fresh = []
         if self._flush_handle is not None:
             self._flush_handle.cancel()

@@ -432,3 +432,22 @@ def test_file_check_feeds_file_weights_immediately(tmp_path):
         await task
 
     asyncio.run(main())
+
+
+def test_next_probe_due_from_due_time_not_late_start():
+    """A probe launched late by the wake-up slack keeps its phase; one launched later than that (a busy
+    process) is followed a whole interval after its start."""
+    t = [100.0]
+    mon = HealthMonitor(lambda: None, clock=lambda: t[0], rng=random.Random(3), prober=FakeProber())
+    mon.update(cfg(svc("s", 1000, [("10.0.2.1", 3000)], {**TCP, "interval": 10})), set())
+    due, _, job = mon._heap[0]
+    mon._heap.clear()
+    mon._inflight = 1
+    mon._finish(job, due + 0.04, ProbeResult(True, "ok", 0.001))  # started 40 ms late
+    assert mon._heap[0][0] == pytest.approx(due + 10)
+    mon._heap.clear()
+    mon._inflight = 1
+    due2 = due + 10
+    job.due = due2
+    mon._finish(job, due2 + 3, ProbeResult(True, "ok", 0.001))  # a stalled start: a whole interval after it
+    assert mon._heap[0][0] == pytest.approx(due2 + 13)

@@ -182,6 +182,39 @@ def test_tcp_connector_close_abandons_inflight():
                 c.close()
 
 
+def test_tcp_connector_reuses_sockets_and_resets():
+    """A passed probe's socket is disconnected (RST, as SO_LINGER 0) and reused; a deferred batch
+    finishes in flush() when the connect is already over; a refused probe's socket is not reused."""
+    with socket.socket() as ls:
+        ls.bind((LO, 0))
+        ls.listen(64)
+        port = ls.getsockname()[1]
+        refused = free_port()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            tcp = TcpConnector(loop)
+            seen: list[tuple[bool, str]] = []
+            fds = []
+            for target in (port, port, refused, port):
+                tcp.start(spec("tcp", target), lambda r, now: seen.append((r.ok, r.reason)), defer=True)
+                fds.append(next(iter(tcp._pending)))
+                await asyncio.sleep(0.05)  # connected (or refused) by now
+                tcp.flush()
+                assert len(tcp) == 0  # finished inside flush, not through the epoll
+                if target == port:
+                    conn, _ = ls.accept()
+                    with conn, pytest.raises(ConnectionResetError):
+                        conn.recv(1)
+            assert seen == [(True, "ok"), (True, "ok"), (False, "refused"), (True, "ok")]
+            if tcp._disconnect is not None:
+                assert fds[0] == fds[1] == fds[2]  # the pooled socket, reconnected
+                assert tcp._nidle == 1
+            assert tcp.close() == 0
+
+        asyncio.run(main())
+
+
 def test_tcp_ipv6_loopback():
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
