@@ -144,6 +144,7 @@ class Daemon:
         self.wakeup = asyncio.Event()
         self.pending: set[str] = set()
         self.writing: set[str] = set()  # config files modified in place and not closed yet
+        self.vanished: set[str] = set()  # config files an event saw moved or deleted since the last reload
         self.stopping = False
         self.failures = 0
         self.next_allowed = 0.0
@@ -166,19 +167,39 @@ class Daemon:
 
     _include_patterns: tuple[str, ...] = ()
 
-    def compute_raw_digest(self) -> str:
+    def compute_raw_digest(self, trust_stat: bool = False) -> str:
+        """Hash of every source file's content. With `trust_stat` (an inotify-driven check), a file
+        whose inode, size, mtime and ctime are those of its last read is not read again: a change
+        to one file of a 100-file conf.d costs one read, not 100. The periodic poll, SIGHUP and
+        `ipvsync reload` read everything. Files taken on trust are remembered for read_config."""
         h = hashlib.sha256()
+        self._unread = set()
+        seen: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}
         for f in self._source_files():
             try:
-                with open(f, "rb") as fh:
-                    h.update(f.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+                st = os.stat(f)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = self._file_stats.get(f)
+                if trust_stat and known is not None and known[0] == key:
+                    digest = known[1]
+                    self._unread.add(f)
+                else:
+                    with open(f, "rb") as fh:
+                        digest = hashlib.sha256(fh.read()).digest()
+                seen[f] = (key, digest)
+                h.update(f.encode() + b"\0" + digest)
             except OSError as exc:
                 h.update(f.encode() + b"\0" + str(exc.errno).encode())
+        self._file_stats = seen
         return h.hexdigest()
 
-    def read_config(self) -> Config:
+    _file_stats: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}
+    _unread: set[str] = set()  # sources the last digest took on trust (stat unchanged)
+
+    def read_config(self, trust_stat: bool = False) -> Config:
+        """Load the config; with `trust_stat`, files the digest just took on trust are not re-read."""
         try:
-            return load_config(self.config_path, self.cache)
+            return load_config(self.config_path, self.cache, unchanged=self._unread if trust_stat else ())
         finally:
             # include patterns for the raw digest (cheap change detection), from the parse just made
             cached = self.cache.get(self.config_path)
@@ -186,6 +207,7 @@ class Daemon:
             inc = data.get("include") if isinstance(data, dict) else None
             self._include_patterns = tuple(p for p in inc if isinstance(p, str)) if isinstance(inc, list) else ()
             live = set(self._source_files())
+            self._known_sources = live
             for stale in [k for k in self.cache if k not in live]:
                 del self.cache[stale]
 
@@ -366,13 +388,13 @@ class Daemon:
 
     # ---------------------------------------------------------------------------------------- reload
 
-    async def reload(self, why: str, digest: str | None = None) -> ReloadOutcome:
+    async def reload(self, why: str, digest: str | None = None, trust_stat: bool = False) -> ReloadOutcome:
         """Load the config; apply it or keep the last good one. Synchronous for `ipvsync reload`.
 
         `digest`: the sources' raw digest when the caller has just computed it."""
         async with self.reload_lock:
             self.notifier.reloading()
-            outcome = self._reload(why, digest)
+            outcome = self._reload(why, digest, trust_stat)
             if outcome.code == 0:
                 settle_heap()
             self.last_reload = outcome
@@ -381,11 +403,12 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return outcome
 
-    def _reload(self, why: str, digest: str | None = None) -> ReloadOutcome:
+    def _reload(self, why: str, digest: str | None = None, trust_stat: bool = False) -> ReloadOutcome:
         now = time.time()
         self.raw_digest = digest or self.compute_raw_digest()
+        self.vanished.clear()
         try:
-            new = self.read_config()
+            new = self.read_config(trust_stat and digest is not None)
         except ConfigInvalid as exc:
             errors = [str(e) for e in exc.errors]
             for e in exc.errors:
@@ -520,9 +543,10 @@ class Daemon:
         reasons = set(self.pending)
         self.pending.clear()
         if "file" in reasons or "poll" in reasons:
-            digest = self.compute_raw_digest()
+            trust = "poll" not in reasons
+            digest = self.compute_raw_digest(trust_stat=trust)
             if digest != self.raw_digest:
-                await self.reload("file changed", digest)
+                await self.reload("file changed", digest, trust)
             reasons -= {"file", "poll"}
         if not reasons or self.config is None:
             return
@@ -733,15 +757,23 @@ class Daemon:
         self.observer = observer
 
     def _source_missing(self) -> bool:
-        return not all(os.path.exists(f) for f in self._source_files())
+        """The main file, or a source an event saw go away (an editor's backup rename), is absent."""
+        return not os.path.exists(self.config_path) or not all(os.path.exists(f) for f in self.vanished)
+
+    _known_sources: set[str] = set()  # absolute paths of the sources of the last load
 
     def file_event(self, kind: str, path: str) -> None:
-        """A watched directory changed; a source file modified in place is read once it is closed."""
-        if path and os.path.abspath(path) in self._source_files():
+        """A watched directory changed; a source file modified in place is read once it is closed,
+        one moved or deleted away is waited for (briefly) before the config is read without it."""
+        if path:
+            path = os.path.abspath(path)
+        if path and (path in self._known_sources or path == self.config_path):
             if kind == "modified" or (kind == "created" and os.path.isfile(path) and not os.path.islink(path)):
                 self.writing.add(path)
             elif kind in ("closed", "deleted", "moved"):
                 self.writing.discard(path)
+                if kind != "closed":
+                    self.vanished.add(path)
         self.kick("file")
 
     def start_rtnl(self, loop: asyncio.AbstractEventLoop) -> None:

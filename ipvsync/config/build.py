@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Collection
 from typing import Any
 
 from ipvsync.config.chunks import parse_services_incrementally
@@ -395,7 +396,10 @@ _LAST_SEEN: dict[str, dict[int, tuple[Any, tuple[int, str, str], Service]]] = {}
 MAX_CONFIG_BYTES = 64 << 20
 
 
-def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Document, str]:
+def _read(path: str, cache: dict[str, tuple[str, Document]] | None,
+          unchanged: Collection[str] = ()) -> tuple[Document, str]:
+    if cache is not None and path in unchanged and path in cache:
+        return cache[path][1], cache[path][0]  # the caller vouches that the file did not change
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
@@ -427,9 +431,12 @@ def _read(path: str, cache: dict[str, tuple[str, Document]] | None) -> tuple[Doc
     return doc, digest
 
 
-def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None) -> Config:
-    """Read, validate and build a Config from `path` and its includes. Raises ConfigInvalid or OSError."""
-    main, digest = _read(path, cache)
+def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
+                unchanged: Collection[str] = ()) -> Config:
+    """Read, validate and build a Config from `path` and its includes. Raises ConfigInvalid or OSError.
+
+    `unchanged`: files the caller knows did not change since they were cached (not read again)."""
+    main, digest = _read(path, cache, unchanged)
     errors = validate(main)
     if errors:
         raise ConfigInvalid(errors)
@@ -445,7 +452,7 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None)
             if os.path.abspath(inc) == os.path.abspath(path) or not os.path.isfile(inc):
                 continue
             try:
-                idoc, idigest = _read(inc, cache)
+                idoc, idigest = _read(inc, cache, unchanged)
             except ConfigInvalid as exc:
                 errors.extend(exc.errors)
                 continue

@@ -1,0 +1,79 @@
+"""The daemon's change detection on config sources: inotify-driven checks trust an unchanged stat
+(inode, size, mtime, ctime) and re-read only the files that changed; a change is never missed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ipvsync.daemon import Daemon
+
+MAIN = "version: 1\ninclude: [conf.d/*.yaml]\nservices: {}\n"
+
+
+def part(i: int, weight: int = 1) -> str:
+    return (f"services:\n  s{i}:\n    vip: 192.0.2.{i + 1}\n    port: 80\n    real_servers:\n"
+            f"      - {{address: 198.51.100.{i + 1}, weight: {weight}}}\n")
+
+
+def setup(tmp_path: Path) -> tuple[Daemon, Path]:
+    (tmp_path / "conf.d").mkdir()
+    main = tmp_path / "ipvsync.yaml"
+    main.write_text(MAIN)
+    for i in range(3):
+        (tmp_path / "conf.d" / f"p{i}.yaml").write_text(part(i))
+    d = Daemon(str(main), str(tmp_path / "state"), str(tmp_path / "run"))
+    d.raw_digest = d.compute_raw_digest()
+    d.config = d.read_config()
+    d.raw_digest = d.compute_raw_digest(trust_stat=True)  # now with the include list known
+    return d, tmp_path
+
+
+def weight(d: Daemon, name: str) -> int:
+    svc = d.config.service(name)
+    assert svc is not None
+    return svc.real_servers[0].attrs.weight
+
+
+def test_only_the_changed_include_is_read_again(tmp_path: Path) -> None:
+    d, root = setup(tmp_path)
+    before = d.raw_digest
+    tmp = root / "conf.d" / ".p1.tmp"
+    tmp.write_text(part(1, weight=7))
+    os.replace(tmp, root / "conf.d" / "p1.yaml")
+    digest = d.compute_raw_digest(trust_stat=True)
+    assert digest != before
+    assert str(root / "conf.d" / "p1.yaml") not in d._unread
+    assert str(root / "conf.d" / "p0.yaml") in d._unread and str(root / "ipvsync.yaml") in d._unread
+    d.config = d.read_config(trust_stat=True)
+    assert weight(d, "s1") == 7 and weight(d, "s0") == 1
+
+
+def test_same_size_same_mtime_rewrite_is_still_seen(tmp_path: Path) -> None:
+    """cp -p style: content changes, size and mtime kept; ctime (which nobody can set) moves."""
+    d, root = setup(tmp_path)
+    f = root / "conf.d" / "p2.yaml"
+    st = os.stat(f)
+    f.write_text(part(2, weight=9))  # same length as weight 1
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size
+    digest = d.compute_raw_digest(trust_stat=True)
+    assert digest != d.raw_digest
+    d.config = d.read_config(trust_stat=True)
+    assert weight(d, "s2") == 9
+
+
+def test_untrusted_check_reads_everything(tmp_path: Path) -> None:
+    d, _root = setup(tmp_path)
+    d.compute_raw_digest(trust_stat=False)
+    assert d._unread == set()
+
+
+def test_an_include_moved_away_is_waited_for(tmp_path: Path) -> None:
+    d, root = setup(tmp_path)
+    f = root / "conf.d" / "p0.yaml"
+    os.replace(f, root / "conf.d" / "p0.yaml~")  # vim's backup rename
+    d.file_event("moved", str(f))
+    assert d._source_missing()
+    (root / "conf.d" / "p0.yaml").write_text(part(0, weight=4))
+    assert not d._source_missing()
