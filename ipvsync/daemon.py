@@ -87,6 +87,17 @@ def withdraws(config: Config) -> bool:
     return _WITHDRAWS[1]
 
 
+_QUORUM: tuple[Config, bool] | None = None
+
+
+def uses_quorum(config: Config) -> bool:
+    """Whether any service has a quorum (so quorum_step may move weights, sorry servers or VIPs)."""
+    global _QUORUM
+    if _QUORUM is None or _QUORUM[0] is not config:
+        _QUORUM = (config, any(s.quorum > 0 for s in config.services))
+    return _QUORUM[1]
+
+
 def settle_heap() -> None:
     """Collect the cycles a reload left, then move every survivor out of the cyclic GC's sight.
 
@@ -249,8 +260,15 @@ class Daemon:
                          } if self.state.operator_drains else set()
             verdicts = self.health.verdicts()  # frozen by the monitor while paused (ha_suspend)
             file_weights = self.health.file_weights()
-            desired, quorum = evaluate(part, view, verdicts, op_drains, file_weights, now_mono, prev,
-                                       self.health.first_round_done)
+            if view is config and not op_drains and not file_weights and not uses_quorum(config) and all(
+                    h.is_up and h.ramp_from is None for _k, h in verdicts.items()):
+                # every real server up, none ramping, nothing drained or switched by file, no quorum:
+                # evaluate() would hand back the declared state (the reconcile's common case, 10k
+                # dest_weight calls saved)
+                desired, quorum = part, QuorumState()
+            else:
+                desired, quorum = evaluate(part, view, verdicts, op_drains, file_weights, now_mono, prev,
+                                           self.health.first_round_done)
             if view is not config:
                 names = {s.name for s in view.services}
                 quorum = QuorumState(frozenset(n for n in prev.below if n not in names) | quorum.below)

@@ -16,6 +16,7 @@ from ipvsync.config.spec import Origin
 from ipvsync.desired import Desired, DesiredDest, DesiredService
 from ipvsync.model import PROTOCOLS, ObservedService, ServiceKey, Vip
 from ipvsync.plan import Observed, Owned
+from ipvsync.plan import _unchanged as unchanged
 
 Records = dict[str, dict[str, Any]]
 _INSTANT = {PROTOCOLS["udp"], PROTOCOLS["sctp"]}
@@ -45,6 +46,8 @@ def apply_drains(desired: Desired, declared: Desired, observed: Observed, owned:
     for key, have in observed.services.items():
         want = services.get(key)
         if want is not None:
+            if unchanged(want, have):
+                continue  # exactly as desired (the planner's memo knows): no real server to drain
             decl = declared.services.get(key)
             keep: dict = {}
             for dkey, hd in have.dests.items():

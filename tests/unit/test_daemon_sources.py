@@ -77,3 +77,18 @@ def test_an_include_moved_away_is_waited_for(tmp_path: Path) -> None:
     assert d._source_missing()
     (root / "conf.d" / "p0.yaml").write_text(part(0, weight=4))
     assert not d._source_missing()
+
+
+def test_plain_health_shortcut_equals_evaluate(tmp_path: Path) -> None:
+    """All up, nothing drained: desired_for skips evaluate(); the result must be evaluate()'s."""
+    from ipvsync.health.effective import QuorumState, evaluate
+    from ipvsync.health.monitor import HealthMonitor
+    from ipvsync.plan import Observed
+
+    d, _root = setup(tmp_path)
+    d.health = HealthMonitor(lambda: None)
+    d.health.update(d.config)
+    got, declared = d.desired_for(d.config, Observed(services={}), 0.0, commit=False)
+    want, _q = evaluate(declared, d.config, d.health.verdicts(), set(), {}, 0.0, QuorumState(),
+                        d.health.first_round_done)
+    assert got == want
