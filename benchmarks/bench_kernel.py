@@ -130,10 +130,16 @@ def daemon_idle(tree: str, cfg, seconds: float) -> dict:
                 return {"error": logpath.read_text(errors="replace")[-3000:]}
             time.sleep(0.2)
         time.sleep(5)
-        before = cpu_seconds(proc.pid)
-        time.sleep(seconds)
-        return {"idle_cpu_s": round(cpu_seconds(proc.pid) - before, 3), "seconds": seconds,
-                "log_tail": logpath.read_text(errors="replace")[-600:]}
+        before = last = cpu_seconds(proc.pid)
+        per_second = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            now = cpu_seconds(proc.pid)
+            per_second.append(round(now - last, 2))
+            last = now
+        return {"idle_cpu_s": round(last - before, 3), "seconds": seconds, "per_second": per_second,
+                "log_tail": logpath.read_text(errors="replace")[-1500:]}
     finally:
         proc.terminate()
         try:
@@ -161,7 +167,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for tree in (args.trees if rnd % 2 == 0 else list(reversed(args.trees))):
                 res = daemon_idle(tree, cfg, args.daemon_idle)
-                log(f"round {rnd + 1} {tree}: {res.get('idle_cpu_s', res)}")
+                log(f"round {rnd + 1} {tree}: {res.get('idle_cpu_s', res)} per second {res.get('per_second')}")
+                print(res.get("log_tail", ""))
                 if "idle_cpu_s" in res:
                     idle[tree].append(res["idle_cpu_s"])
         save("kernel-daemon", {"services": args.services, "per": args.per, "trees": args.trees, "idle_seconds":

@@ -168,10 +168,10 @@ class Applier:
                     self.fault.count += len(batch)
                 replan = False
                 failed: tuple[Op, int] | None = None
+                took = len(done)
                 for op, res in zip(batch, results):
                     if res == 0:
                         done.append(op)
-                        owned = owned.after(op)
                     elif res is None or res == E.EINTR:
                         replan = True  # not attempted, or no ack (outcome unknown): re-read and re-plan
                     else:
@@ -181,6 +181,7 @@ class Applier:
                             replan = True
                         elif kind is None and failed is None:
                             failed = (op, res)
+                owned = owned.after_all(done[took:])
                 if failed is None and injected is not None:
                     self.fault.count += 1  # type: ignore[union-attr]
                     failed = (injected, self.fault.errno)  # type: ignore[union-attr]
@@ -242,10 +243,7 @@ class Applier:
         for _round in range(MAX_ADOPTION_ROUNDS):
             if not p:
                 break
-            intended = owned
-            for op in p.ops:
-                if isinstance(op, _CREATES):
-                    intended = intended.after(op)
+            intended = owned.after_all(op for op in p.ops if isinstance(op, _CREATES))
             if intended != owned:
                 state.owned = intended
                 self._save(state)  # record before the kernel changes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import operator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -378,6 +379,36 @@ class Owned:
             return Owned(self.services, self.vips, self.links, self.daemons - {op.daemon})
         return self
 
+    def after_all(self, ops: Iterable[Op]) -> Owned:
+        """Ownership once every op has taken effect, in order (after() folded, one copy per set)."""
+        sets: tuple[set[Any], ...] | None = None
+        for op in ops:
+            kind = type(op)
+            if kind in _OWNERSHIP_NEUTRAL:
+                continue
+            if sets is None:
+                sets = (set(self.services), set(self.vips), set(self.links), set(self.daemons))
+            services, vips, links, daemons = sets
+            if isinstance(op, AddService):
+                services.add(op.key)
+            elif isinstance(op, DelService):
+                services.discard(op.key)
+            elif isinstance(op, BindVip):
+                vips.add(op.vip)
+            elif isinstance(op, UnbindVip):
+                vips.discard(op.vip)
+            elif isinstance(op, CreateLink):
+                links.add(op.name)
+            elif isinstance(op, DeleteLink):
+                links.discard(op.name)
+            elif isinstance(op, AddDaemon):
+                daemons.add(op.daemon)
+            elif isinstance(op, DelDaemon):
+                daemons.discard(op.daemon)
+        if sets is None:
+            return self
+        return Owned(*(frozenset(x) for x in sets))
+
     def to_json(self) -> dict[str, Any]:
         # _flat(x) == asdict(x) for these flat dataclasses of ints and strings, without its deep copies
         return {
@@ -441,37 +472,56 @@ class Plan:
         return [op.key for op in self.ops if isinstance(op, DelService)]
 
 
-# Attrs pairs already found equal after normalisation, by identity: id(observed) -> (observed, desired).
-# A memo of a pure function of two frozen values (the entry keeps both alive, so the ids stay theirs).
-# The kernel layer decodes an unchanged kernel object to the identical object (one per real server),
-# and the config keeps its objects, so a no-drift re-plan compares each real server with two `is`.
+# Pairs already found equal, by identity: id(observed) -> (observed, desired). Attrs pairs (equal
+# after normalisation) and whole services (nothing to do). A memo of a pure function of values that
+# are never mutated (frozen; the dests dicts of observed and desired services are not changed after
+# they are built); an entry keeps both alive, so the ids stay theirs. The kernel layer returns the
+# identical objects for an unchanged kernel object and the config layer its identical objects for an
+# unchanged declaration, so a no-drift re-plan is one lookup per service.
 _same_now: dict[int, tuple[object, object]] = {}
 _same_before: dict[int, tuple[object, object]] = {}
 SAME_MEMO_LIMIT = 1 << 16
 
 
-def _same(have: ServiceAttrs | DestAttrs, want: ServiceAttrs | DestAttrs, family: int) -> bool:
-    """have.normalised() == want.normalised() (family is ignored for DestAttrs)."""
-    global _same_now, _same_before
+def _known(have: object, want: object) -> bool:
+    """Whether (have, want) is a remembered equal pair (remembering it again if it was old)."""
     m = _same_now.get(id(have))
     if m is not None and m[0] is have and m[1] is want:
         return True
     m = _same_before.get(id(have))
-    if not (m is not None and m[0] is have and m[1] is want):
-        if isinstance(want, ServiceAttrs):
-            if have.normalised(family) != want.normalised(family):  # type: ignore[call-arg]
-                return False
-        elif have.normalised() != want.normalised():  # type: ignore[call-arg]
-            return False
+    if m is not None and m[0] is have and m[1] is want:
+        _remember(have, want)
+        return True
+    return False
+
+
+def _remember(have: object, want: object) -> None:
+    global _same_now, _same_before
     if len(_same_now) >= SAME_MEMO_LIMIT:
         _same_before, _same_now = _same_now, {}
     _same_now[id(have)] = (have, want)
+
+
+def _same(have: ServiceAttrs | DestAttrs, want: ServiceAttrs | DestAttrs, family: int) -> bool:
+    """have.normalised() == want.normalised() (family is ignored for DestAttrs)."""
+    if _known(have, want):
+        return True
+    if isinstance(want, ServiceAttrs):
+        if have.normalised(family) != want.normalised(family):  # type: ignore[call-arg]
+            return False
+    elif have.normalised() != want.normalised():  # type: ignore[call-arg]
+        return False
+    _remember(have, want)
     return True
 
 
 def _unchanged(want: Any, have: ObservedService | None) -> bool:
     """True when the service and every real server of it already are as desired (no operation)."""
-    if have is None or not _same(have.attrs, want.attrs, want.key.family):
+    if have is None:
+        return False
+    if _known(have, want):
+        return True
+    if not _same(have.attrs, want.attrs, want.key.family):
         return False
     hd = have.dests
     wd = want.dests
@@ -481,7 +531,8 @@ def _unchanged(want: Any, have: ObservedService | None) -> bool:
         h = hd.get(dkey)
         if h is None or not _same(h.attrs, w.attrs, 0):
             return False
-    return True  # as many observed as desired, all desired present: no deletions either
+    _remember(have, want)  # as many observed as desired, all desired present: no deletions either
+    return True
 
 
 def plan(desired: Desired, observed: Observed, owned: Owned, *, sync_daemons: tuple[SyncDaemon, ...] = (),

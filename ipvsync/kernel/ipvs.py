@@ -15,6 +15,7 @@ comparing objects it has compared before. The memo holds what the last full dump
 from __future__ import annotations
 
 import errno as errno_mod
+import operator
 import os
 import select
 import socket
@@ -68,6 +69,7 @@ class IpvsSocket:
             self._seq = 0
             self._memo: dict[bytes, object] = {}  # message bytes -> decoded value, this generation
             self._memo_old: dict[bytes, object] = {}  # ... the previous generation (one full dump)
+            self._last_dump: dict[ServiceKey, ObservedService] = {}
             self.family_id = 0
             self.family_id = self._resolve_family()
         except BaseException:
@@ -256,13 +258,25 @@ class IpvsSocket:
         return {d.key: d for d in self._dump(c.get_dests(key), c.decode_dest, memo=True)}
 
     def dump(self) -> dict[ServiceKey, ObservedService]:
-        """Every service with its real servers."""
+        """Every service with its real servers (treat the values as frozen, their `dests` too).
+
+        A service whose dump decoded to the same objects as in the last full dump is returned as
+        that dump's identical ObservedService (no new objects for an unchanged service).
+        """
         self._memo_turn()
         services = self.services()
-        out = {}
+        last = self._last_dump
+        out: dict[ServiceKey, ObservedService] = {}
+        get_dests, decode_dest, same = c.get_dests, c.decode_dest, operator.is_
         for s in services:
-            ds = self._dump(c.get_dests(s.key), c.decode_dest, memo=True)
-            out[s.key] = ObservedService(s.key, s.attrs, {d.key: d for d in ds}, s.stats)
+            key = s.key
+            ds = self._dump(get_dests(key), decode_dest, memo=True)
+            o = last.get(key)
+            if (o is None or o.attrs is not s.attrs or o.stats is not s.stats or len(o.dests) != len(ds)
+                    or not all(map(same, o.dests.values(), ds))):
+                o = ObservedService(key, s.attrs, {d.key: d for d in ds}, s.stats)
+            out[key] = o
+        self._last_dump = out
         self._memo_old = {}  # everything still in the kernel moved into the current generation
         return out
 

@@ -713,6 +713,10 @@ _DEST_LAYOUT_FMT[IPVS_DEST_ATTR_ADDR_FAMILY] = _U16
 _DEST_LAYOUT_FMT[IPVS_DEST_ATTR_PORT] = _BE16
 _SWAP16 = sys.byteorder == "little"
 _dest_layouts: dict[bytes, _Layout | None] = {}
+# (key, family, attrs) of a real server by its decoded non-counter values: a memo of a pure function
+# (frozen values), so a real server whose counters moved keeps its identical key and attrs objects
+_dest_idents: dict[tuple[object, ...], tuple[DestKey, int, DestAttrs]] = {}
+IDENT_MEMO_LIMIT = 1 << 16
 
 
 def _learn_dest_layout(view: memoryview) -> _Layout | None:
@@ -800,21 +804,27 @@ def _decode_dest_fast(view: memoryview) -> ObservedDest | None:
     raw = layout.fmt.unpack_from(view)
     if layout.pick_headers(raw) != layout.headers:
         return None
-    (addr, fam, port, fwd, weight, uth, lth, tun_type, tun_port, tun_flags, active, inactive, persist,
-     *stats) = layout.pick_values(raw)
-    if fam == AF_INET:
-        addr = addr[:4]
-    elif fam != AF_INET6:
-        return None  # the generic path raises the right error
-    if _SWAP16:
-        port = ((port & 0xFF) << 8) | (port >> 8)
-        tun_port = ((tun_port & 0xFF) << 8) | (tun_port >> 8)
-    forward = fwd & IP_VS_CONN_F_FWD_MASK
-    if forward != FWD_TUNNEL and (tun_type or tun_port or tun_flags):
-        attrs = DestAttrs(forward, weight, uth, lth)
-    else:
-        attrs = DestAttrs(forward, weight, uth, lth, tun_type, tun_port, tun_flags)
-    return ObservedDest(DestKey(_addr_str(addr), port), fam, attrs, DestStats(active, inactive, persist, *stats))
+    values = layout.pick_values(raw)
+    ident = values[:10]  # everything but the counters
+    known = _dest_idents.get(ident)
+    if known is None:
+        addr, fam, port, fwd, weight, uth, lth, tun_type, tun_port, tun_flags = ident
+        if fam == AF_INET:
+            addr = addr[:4]
+        elif fam != AF_INET6:
+            return None  # the generic path raises the right error
+        if _SWAP16:
+            port = ((port & 0xFF) << 8) | (port >> 8)
+            tun_port = ((tun_port & 0xFF) << 8) | (tun_port >> 8)
+        forward = fwd & IP_VS_CONN_F_FWD_MASK
+        if forward != FWD_TUNNEL and (tun_type or tun_port or tun_flags):
+            attrs = DestAttrs(forward, weight, uth, lth)
+        else:
+            attrs = DestAttrs(forward, weight, uth, lth, tun_type, tun_port, tun_flags)
+        if len(_dest_idents) >= IDENT_MEMO_LIMIT:
+            _dest_idents.clear()
+        known = _dest_idents[ident] = (DestKey(_addr_str(addr), port), fam, attrs)
+    return ObservedDest(known[0], known[1], known[2], DestStats(*values[10:]))
 
 
 def decode_dest(payload: memoryview | bytes, family: int = 0) -> ObservedDest:

@@ -97,7 +97,7 @@ def fake_socket(kernel: FakeKernel) -> IpvsSocket:
     s._buf = bytearray(ipvs_mod.RECV_BUFFER)
     s._view = memoryview(s._buf)
     s._seq = 0
-    s._memo, s._memo_old = {}, {}
+    s._memo, s._memo_old, s._last_dump = {}, {}, {}
     s.family_id = FAMILY
     s.timeout = 0.01
     s.max_batch = 4
@@ -117,6 +117,7 @@ def test_unchanged_kernel_objects_decode_to_the_identical_objects() -> None:
     a, b = changed.values()
     assert a.attrs == DestAttrs(FWD_MASQ, 5) and a is not first[a.key]
     assert b.stats.active == 3 and b is not first[b.key]  # counters are read live too
+    assert b.attrs is first[b.key].attrs  # ... but the unchanged settings are the identical object
 
 
 def test_full_dump_keeps_only_what_it_saw() -> None:
@@ -131,6 +132,11 @@ def test_full_dump_keeps_only_what_it_saw() -> None:
     assert list(two[SVC].dests) == [DestKey("198.51.100.9", 8080)]
     assert len(s._memo) == 2 and not s._memo_old  # the service and the one real server now there
     assert two[SVC].attrs is one[SVC].attrs
+    three = s.dump()
+    assert three[SVC] is two[SVC]  # nothing changed: the identical service object, dests and all
+    k.dests.append(dest_reply("198.51.100.10", 1))
+    four = s.dump()
+    assert four[SVC] is not three[SVC] and len(four[SVC].dests) == 2 and len(three[SVC].dests) == 1
 
 
 def test_service_and_dest_writes_go_without_acks_and_errors_still_arrive() -> None:

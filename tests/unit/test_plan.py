@@ -275,3 +275,19 @@ def test_replan_against_the_same_objects_still_sees_every_drift() -> None:
     assert kinds(plan(w, observed(base, other, gone, addrs=addrs), Owned(services=frozenset({gone.key})))) == [
         "del_service"]
     assert plan(w, observed(base, other, addrs=addrs), Owned()).ops == ()
+    edited = desired(want(k, ServiceAttrs("wrr", SVC_F_PERSISTENT, 60, 24), {**wd, "198.51.100.12:80": DestAttrs(
+        FWD_MASQ, 4)}), w.services[k2])  # the same kernel objects, a changed declaration
+    assert kinds(plan(edited, observed(base, other, addrs=addrs), Owned())) == ["edit_dest"]
+
+
+def test_after_all_is_after_folded() -> None:
+    k1, k2 = skey("192.0.2.1"), skey("192.0.2.2")
+    v = Vip("192.0.2.1", IF)
+    start = Owned(services=frozenset({k2}), vips=frozenset({v}))
+    ops = [AddService(k1, ServiceAttrs()), AddDest(k1, DestKey("198.51.100.1", 80), AF_INET, NAT1), DelService(k2,
+           ServiceAttrs()), UnbindVip(v), CreateLink(IF), BindVip(v), AddService(k2, ServiceAttrs())]
+    folded = start
+    for op in ops:
+        folded = folded.after(op)
+    assert start.after_all(ops) == folded
+    assert start.after_all(ops[1:2]) is start
