@@ -114,15 +114,33 @@ class Rtnl:
         return out
 
     def addresses(self) -> list[Address]:
+        """Every address. Decoding goes through a memo keyed by the message bytes (a static VIP's
+        message does not change between dumps): a reconcile of 1000 VIPs decodes what changed."""
         out: list[Address] = []
+        memo: dict[bytes, Address | None] = {}
+        old = self._addr_memo
         for _typ, m in self._dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0)):
-            family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(m, 0)
-            attrs = _attrs(m, _IFADDR.size, len(m))
-            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-            if raw is None:
-                continue
-            out.append(Address(index, family, socket.inet_ntop(family, bytes(raw)), prefixlen))
+            key = m.obj  # the message's own bytes object (see _dump)
+            if key in old:
+                a = old[key]
+            else:
+                a = self._address(m)
+            memo[key] = a
+            if a is not None:
+                out.append(a)
+        self._addr_memo = memo
         return out
+
+    _addr_memo: dict[bytes, Address | None] = {}
+
+    @staticmethod
+    def _address(m: memoryview) -> Address | None:
+        family, prefixlen, _flags, _scope, index = _IFADDR.unpack_from(m, 0)
+        attrs = _attrs(m, _IFADDR.size, len(m))
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if raw is None:
+            return None
+        return Address(index, family, socket.inet_ntop(family, bytes(raw)), prefixlen)
 
     def drain_events(self) -> int:
         """Read every pending event message without blocking; return how many there were."""

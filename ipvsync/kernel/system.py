@@ -70,6 +70,7 @@ class Kernel:
         self.rtnl = Rtnl()
         self.links = LinkWriter()
         self._dummy: dict[str, bool] = {}  # interface -> is a dummy (no ARP needed), per interface
+        self._last_vips: tuple[str, list, frozenset[Vip]] | None = None
 
     def close(self) -> None:
         self.ipvs.close()
@@ -102,9 +103,14 @@ class Kernel:
         link = links.get(vip_interface)
         vips: frozenset[Vip] = frozenset()
         if link is not None and addresses:
-            vips = frozenset(
-                Vip(a.address, vip_interface) for a in self.rtnl.addresses()
-                if a.index == link.index and a.prefixlen in (32, 128))
+            mine = [a for a in self.rtnl.addresses() if a.index == link.index and a.prefixlen in (32, 128)]
+            last = self._last_vips
+            if last is not None and last[0] == vip_interface and len(last[1]) == len(mine) and all(
+                    x is y for x, y in zip(last[1], mine, strict=True)):
+                vips = last[2]  # the very same decoded addresses: the same set (no 1000 Vip hashes)
+            else:
+                vips = frozenset(Vip(a.address, vip_interface) for a in mine)
+                self._last_vips = (vip_interface, mine, vips)
         return Observed(
             services=services, addresses=vips, link_exists=link is not None,
             link_up=bool(link and link.up),
