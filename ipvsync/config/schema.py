@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path as FsPath
@@ -97,13 +98,6 @@ def _service_validator() -> Any:
     return Draft202012Validator(_inline(root["$defs"]["service"], root["$defs"]))
 
 
-@lru_cache(maxsize=65536)
-def _name_ok(pattern: str, name: str) -> bool:
-    import re
-
-    return re.search(pattern, name) is not None
-
-
 def content_key(value: Any) -> bytes:
     """A 16-byte digest of a parsed value's canonical JSON: a compact cache key (10k of them)."""
     return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=16).digest()
@@ -132,6 +126,22 @@ def _collect(validator: Any, instance: Any, prefix: tuple[Any, ...]) -> list[tup
     return out
 
 
+@lru_cache(maxsize=1)
+def _quick_root() -> Any:
+    from ipvsync.config.quickcheck import compile_schema
+
+    root = load_schema()
+    return compile_schema(_inline({k: v for k, v in root.items() if k != "$defs"}, root["$defs"]))
+
+
+@lru_cache(maxsize=1)
+def _quick_service() -> Any:
+    from ipvsync.config.quickcheck import compile_schema
+
+    root = load_schema()
+    return compile_schema(_inline(root["$defs"]["service"], root["$defs"]))
+
+
 def validate(doc: Document) -> list[ConfigError]:
     """Every structural error of a parsed document, sorted by line.
 
@@ -142,17 +152,23 @@ def validate(doc: Document) -> list[ConfigError]:
     found: list[tuple[tuple[Any, ...], str]] = []
     services = data.get("services") if isinstance(data, dict) else None
     if isinstance(services, dict):
-        found += _collect(_validator(), {**data, "services": {}}, ())
+        top = {**data, "services": {}}
+        if not _quick_root()(top):
+            found += _collect(_validator(), top, ())
         pattern = load_schema()["properties"]["services"]["propertyNames"]["pattern"]
+        name_ok = re.compile(pattern).search
         for name in services:
-            if not _name_ok(pattern, name):
+            if not name_ok(name):
                 found.append((("services", name), f"service name {name!r} must match {pattern}"))
         last = _LAST_SEEN.get(doc.file, {})
         seen: dict[int, tuple[Any, list[tuple[tuple[Any, ...], str]]]] = {}
+        quick = _quick_service()
         for name, svc in services.items():
             hit = last.get(id(svc))
             if hit is not None and hit[0] is svc:  # the very value parsed before (config.chunks reuse)
                 errs = hit[1]
+            elif quick(svc):
+                errs = []  # surely valid (config.quickcheck): no jsonschema pass needed
             else:
                 key = content_key(svc)
                 errs = _SERVICE_ERRORS.get(key)
@@ -164,7 +180,7 @@ def validate(doc: Document) -> list[ConfigError]:
             seen[id(svc)] = (svc, errs)
             found += [(("services", name) + path, msg) for path, msg in errs]
         _LAST_SEEN[doc.file] = seen
-    else:
+    elif not _quick_root()(data):
         found += _collect(_validator(), data, ())
     errors = [doc.error(path, msg) for path, msg in found]
     errors.sort(key=lambda e: (e.line, e.column))
