@@ -13,7 +13,7 @@ from ipvsync.config.spec import Config, Origin, Service
 from ipvsync.model import DestAttrs, DestKey, ServiceAttrs, ServiceKey, Vip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredDest:
     key: DestKey
     family: int
@@ -21,7 +21,7 @@ class DesiredDest:
     origin: Origin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredService:
     name: str
     key: ServiceKey
@@ -31,7 +31,7 @@ class DesiredService:
     vips: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Desired:
     """Services by key, VIPs to bind (with the config line that asks for each), and the VIP link."""
 

@@ -61,7 +61,7 @@ def addr_family(text: str) -> int:
     return AF_INET6 if ipaddress.ip_address(text).version == 6 else AF_INET
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:
     """Identity of a virtual service in the kernel: (proto, vip, port) or (fwmark, family)."""
 
@@ -86,7 +86,7 @@ class ServiceKey:
         return f"{PROTOCOL_NAMES.get(self.protocol, str(self.protocol))}-{addr}-{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceAttrs:
     """The settable part of a service (IPVS_CMD_SET_SERVICE changes these in place)."""
 
@@ -109,7 +109,7 @@ class ServiceAttrs:
         return ServiceAttrs(self.scheduler, flags, self.timeout, self.netmask, self.pe_name)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class DestKey:
     """Identity of a real server inside its service."""
 
@@ -121,7 +121,7 @@ class DestKey:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DestAttrs:
     """The settable part of a real server (IPVS_CMD_SET_DEST changes these in place)."""
 
@@ -140,7 +140,7 @@ class DestAttrs:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DestStats:
     """Counters the kernel reports for a real server (never compared by the planner)."""
 
@@ -159,7 +159,7 @@ class DestStats:
     outbps: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedDest:
     key: DestKey
     family: int
@@ -167,7 +167,7 @@ class ObservedDest:
     stats: DestStats = DestStats()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedService:
     key: ServiceKey
     attrs: ServiceAttrs
@@ -175,7 +175,7 @@ class ObservedService:
     stats: DestStats = DestStats()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SyncDaemon:
     """A kernel IPVS connection-sync daemon (IPVS_CMD_NEW_DAEMON)."""
 
@@ -184,7 +184,7 @@ class SyncDaemon:
     syncid: int = 0
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Vip:
     """An address ipvsync binds on an interface: /32 or /128, no prefix route."""
 
