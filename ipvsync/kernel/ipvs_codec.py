@@ -560,6 +560,13 @@ def _addr_text(data: memoryview, family: int, what: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _addr_str(packed: bytes) -> str:
+    """Canonical text, as str(ipaddress.ip_address(packed)), via inet_ntop (~10x cheaper)."""
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    if len(packed) == 16:
+        text = socket.inet_ntop(socket.AF_INET6, packed)
+        if "." not in text:  # libc writes embedded IPv4 dotted (::ffff:1.2.3.4), ipaddress in hex
+            return text
     return str(ipaddress.ip_address(packed))
 
 

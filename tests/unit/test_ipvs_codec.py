@@ -404,3 +404,13 @@ def test_encoder_rejects_bad_values() -> None:
         c.new_service(V4, ServiceAttrs("rr", SVC_F_PERSISTENT, 60, 33))
     with pytest.raises(ValueError, match="role"):
         c.new_daemon(SyncDaemon("primary", "eth0"))
+
+
+@pytest.mark.parametrize("text", ["0.0.0.0", "198.51.100.7", "255.255.255.255", "::", "::1", "2001:db8::1",
+                                  "2001:db8:0:1:0:0:0:1", "2001:0:0:1::1", "1:0:0:2:0:0:0:3", "::ffff:1.2.3.4",
+                                  "::1.2.3.4", "64:ff9b::192.0.2.33", "fe80::1:0:0:0"])
+def test_address_text_matches_ipaddress(text: str) -> None:
+    import ipaddress
+
+    ip = ipaddress.ip_address(text)
+    assert c._addr_str(ip.packed) == str(ip)

@@ -173,3 +173,4 @@ def test_wait_times_out_when_the_kernel_says_nothing() -> None:
         quiet.close()
         other.close()
     assert exc.value.errno == errno.ETIMEDOUT
+
