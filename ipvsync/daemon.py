@@ -216,8 +216,12 @@ class Daemon:
             cached = self.cache.get(self.config_path)
             data = cached[1].data if cached else None
             inc = data.get("include") if isinstance(data, dict) else None
-            self._include_patterns = tuple(p for p in inc if isinstance(p, str)) if isinstance(inc, list) else ()
-            live = set(self._source_files())
+            patterns = tuple(p for p in inc if isinstance(p, str)) if isinstance(inc, list) else ()
+            if trust_stat and patterns == self._include_patterns and self._file_stats:
+                live = set(self._file_stats)  # the digest just listed these very sources
+            else:
+                self._include_patterns = patterns
+                live = set(self._source_files())
             self._known_sources = live
             for stale in [k for k in self.cache if k not in live]:
                 del self.cache[stale]

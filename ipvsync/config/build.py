@@ -396,6 +396,8 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
 
 
 _SERVICE_CACHE: dict[tuple[str, int, str, bytes, str], Service] = {}
+# file -> (its Document, the defaults it was built with, its (name, line, Service)s), from the last good load
+_LAST_DOCS: dict[str, tuple[Document, str, list[tuple[str, int, Service]]]] = {}
 # included file -> (its Document, its schema errors): an unchanged include is not validated again
 _VALIDATED: dict[str, tuple[Document, list[ConfigError]]] = {}
 # per file: id(raw service value) -> (that value, (line, name, defaults), Service), from the last good load
@@ -453,13 +455,14 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
     sources = [SourceFile(path, digest)]
     docs: list[tuple[Document, dict[str, Any]]] = [(main, data.get("services") or {})]
     include_dirs: list[str] = []
-    base = os.path.dirname(os.path.abspath(path))
+    main_abs = os.path.abspath(path)
+    base = os.path.dirname(main_abs)
     for i, pattern in enumerate(data.get("include", [])):
         full = os.path.join(base, pattern)
         include_dirs.append(os.path.dirname(full))
         for inc in sorted(glob.glob(full)):
-            if os.path.abspath(inc) == os.path.abspath(path) or not os.path.isfile(inc):
-                continue
+            if os.path.abspath(inc) == main_abs or (inc not in unchanged and not os.path.isfile(inc)):
+                continue  # (a file the caller vouches for was a regular file a moment ago)
             try:
                 idoc, idigest = _read(inc, cache, unchanged)
             except ConfigInvalid as exc:
@@ -497,8 +500,30 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
     names: dict[str, tuple[str, int]] = {}
     keys: dict[ServiceKey, Service] = {}
     seen: dict[str, dict[int, tuple[Any, tuple[int, str, str], Service]]] = {}
+    built: dict[str, tuple[Document, str, list[tuple[str, int, Service]]]] = {}
     for doc, svcs in docs:
+        whole = _LAST_DOCS.get(doc.file)
+        if whole is not None and whole[0] is doc and whole[1] == defaults_json:
+            # the identical document as in the last good load (an unchanged include): its services
+            # as they were; only the cross-file duplicate checks run again
+            for name, line, svc in whole[2]:
+                if name in names or svc.key in keys:
+                    break  # a duplicate with a changed file: the long way words the error
+                names[name] = (doc.file, line)
+                keys[svc.key] = svc
+                services.append(svc)
+            else:
+                built[doc.file] = whole
+                seen[doc.file] = _LAST_SEEN.get(doc.file, {})
+                continue
+            for name, _line, svc in whole[2]:  # undo the partial pass
+                if names.get(name, ("",))[0] == doc.file:
+                    del names[name]
+                if keys.get(svc.key) is svc:
+                    del keys[svc.key]
+                    services.remove(svc)
         last = _LAST_SEEN.get(doc.file, {})
+        mine: list[tuple[str, int, Service]] = []
         for name, raw in svcs.items():
             spath: Path = ("services", name)
             if name in names:
@@ -536,6 +561,8 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
                 continue
             keys[svc.key] = svc
             services.append(svc)
+            mine.append((name, line, svc))
+        built[doc.file] = (doc, defaults_json, mine)
     if data.get("vip_mode") != "external" and "external_state_file" in data:
         b.err(main, ("external_state_file",), "external_state_file only applies with 'vip_mode: external'")
     reconcile = b.duration(main, ("reconcile_interval",), data.get("reconcile_interval"), 60.0)
@@ -561,6 +588,8 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
     if not b.errors:
         _LAST_SEEN.clear()
         _LAST_SEEN.update(seen)
+        _LAST_DOCS.clear()
+        _LAST_DOCS.update(built)
     if b.errors:
         raise ConfigInvalid(sorted(b.errors, key=lambda e: (e.file != path, e.file, e.line, e.column)))
     return Config(

@@ -92,3 +92,25 @@ def test_plain_health_shortcut_equals_evaluate(tmp_path: Path) -> None:
     want, _q = evaluate(declared, d.config, d.health.verdicts(), set(), {}, 0.0, QuorumState(),
                         d.health.first_round_done)
     assert got == want
+
+
+def test_cached_reload_equals_a_fresh_load(tmp_path: Path) -> None:
+    """Unchanged includes are taken whole from the last load: the Config must equal a fresh load,
+    and a duplicate introduced by the edited file must be reported as a fresh load reports it."""
+    from ipvsync.config.build import load_config
+    from ipvsync.config.load import ConfigInvalid
+
+    d, root = setup(tmp_path)
+    (root / "conf.d" / "p1.yaml").write_text(part(1, weight=5))
+    d.config = d.read_config()
+    fresh = load_config(str(root / "ipvsync.yaml"))
+    assert d.config.services == fresh.services
+    assert [s.name for s in d.config.services] == [s.name for s in fresh.services]
+    (root / "conf.d" / "p2.yaml").write_text(part(0))  # s0 again: duplicate name and key
+    errors = []
+    for loader in (d.read_config, lambda: load_config(str(root / "ipvsync.yaml"))):
+        try:
+            loader()
+        except ConfigInvalid as exc:
+            errors.append([str(e) for e in exc.errors])
+    assert len(errors) == 2 and errors[0] == errors[1] and errors[0]
