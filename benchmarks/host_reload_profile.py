@@ -84,6 +84,7 @@ def main() -> int:
     ap.add_argument("--edits", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sort", default="cumulative", help="pstats order with --profile (tottime, ...)")
+    ap.add_argument("--reconciles", type=int, default=0, help="then time this many no-drift full reconciles")
     ap.add_argument("--split", action="store_true", help="conf.d split: 100 files x 10 services, edit one file")
     ap.add_argument("--real-kernel", action="store_true", help="netlink (UML), not the in-memory kernel")
     args = ap.parse_args()
@@ -129,6 +130,22 @@ def main() -> int:
             lat.append(time.perf_counter() - t)
         what = "edit -> kernel:" if args.real_kernel else "edit -> kernel (in-memory kernel):"
         print(what, " ".join(f"{x * 1000:.1f} ms" for x in lat))
+        if prof:
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
+        rec = []
+        prof = cProfile.Profile() if args.profile and args.reconciles else None
+        for _ in range(args.reconciles):
+            t = time.perf_counter()
+            if prof:
+                prof.enable()
+            result = d.converge_with(d.config, "reconcile")
+            if prof:
+                prof.disable()
+            rec.append(time.perf_counter() - t)
+            assert not result.applied, "a no-drift reconcile changed something"
+        if rec:
+            rss = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+            print("reconcile:", " ".join(f"{x * 1000:.0f} ms" for x in rec), f"(RSS now {rss:.1f} MB)")
         if prof:
             pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
 
