@@ -25,7 +25,7 @@ import os
 import subprocess
 import time
 
-from common import PYTHON, TMP, cpu_seconds, del_netns, ipvsync_yaml, log, median, netns, nsexec, save
+from common import PYTHON, TMP, cpu_seconds, del_netns, ipvsync_yaml, log, median, netns, nsexec, rss_mb, save
 
 CHILD = r"""
 import cProfile, io, json, os, pstats, sys, time
@@ -139,6 +139,7 @@ def daemon_idle(tree: str, cfg, seconds: float) -> dict:
             per_second.append(round(now - last, 2))
             last = now
         return {"idle_cpu_s": round(last - before, 3), "seconds": seconds, "per_second": per_second,
+                "rss_mb": round(rss_mb(proc.pid), 1),
                 "log_tail": logpath.read_text(errors="replace")[-1500:]}
     finally:
         proc.terminate()
@@ -167,7 +168,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for tree in (args.trees if rnd % 2 == 0 else list(reversed(args.trees))):
                 res = daemon_idle(tree, cfg, args.daemon_idle)
-                log(f"round {rnd + 1} {tree}: {res.get('idle_cpu_s', res)} per second {res.get('per_second')}")
+                log(f"round {rnd + 1} {tree}: {res.get('idle_cpu_s', res)} s CPU, RSS {res.get('rss_mb')} MB, "
+                    f"per second {res.get('per_second')}")
                 print(res.get("log_tail", ""))
                 if "idle_cpu_s" in res:
                     idle[tree].append(res["idle_cpu_s"])
