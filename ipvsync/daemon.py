@@ -48,6 +48,7 @@ from ipvsync.systemd import Notifier
 log = logging.getLogger("ipvsync.daemon")
 
 POLL_INTERVAL = 30.0
+FULL_RECONCILE_EVERY = 10  # every Nth periodic reconcile reads every service over netlink
 SETTLE = 0.05  # seconds to fold an editor's burst of events into one reload
 WRITE_WAIT = 2.0  # at most this long for an in-place writer (truncate + write) to close the config file
 MAX_BACKOFF = 60.0
@@ -337,6 +338,7 @@ class Daemon:
             first_plan=p, reobserve=lambda: self.observe(config, scope, vips))
         self.counters["applies"] += 1
         self.last_apply = result
+        self._forget(result)
         names = {**p.names}
         drift = reason in ("reconcile", "kernel event")
         self._log_ops(result, names, drift)
@@ -581,11 +583,16 @@ class Daemon:
             reason = "reconcile" if "reconcile" in reasons else "kernel event" if "kernel" in reasons else \
                 sorted(reasons)[0]
             scope = self.health_scope(reasons)
+            blocks = None
+            if reasons == {"reconcile"}:
+                scope, blocks = self.reconcile_scope(self.config)
             try:
-                result = self.converge_with(self.config, reason, scope)
+                result = self.converge_with(self.config, reason, scope, vips=True if reason == "reconcile" else None)
             except OSError as exc:
                 log.error("converge failed: %s", exc)
                 result = None
+            if reasons == {"reconcile"}:
+                self._after_reconcile(scope, blocks, result)
             if result is None or not result.ok:
                 self._last_health = {}  # re-derive everything on the next attempt
             if result is None or not result.ok:
@@ -598,6 +605,68 @@ class Daemon:
                 self.next_allowed = 0.0
 
     _last_health: dict[tuple[str, DestKey], tuple[bool, int | None]] = {}
+
+    # ------------------------------------------------------------------------------------ reconcile
+    # The kernel's text table (kernel/procfs.py) tells which services changed since the last
+    # verified read; only those are re-read over netlink. Every FULL_RECONCILE_EVERY-th reconcile
+    # (and whenever the table is unusable) reads everything, which also covers the settings the
+    # table does not show (thresholds, tunnel, scheduler flags, persistence engine).
+
+    _verified: dict[bytes, bytes] | None = None  # service blocks as verified by the last reconcile
+    _quick_runs = 0
+    _idents: tuple[Config, dict[bytes, list[ServiceKey]]] | None = None
+
+    def reconcile_scope(self, config: Config) -> tuple[set[ServiceKey] | None, dict[bytes, bytes] | None]:
+        """(services to re-read: None = all, the table's blocks read now)."""
+        from ipvsync.kernel.procfs import read_table, service_blocks
+
+        table = read_table()
+        blocks = service_blocks(table) if table is not None else None
+        if blocks is None or self._verified is None or self._quick_runs >= FULL_RECONCILE_EVERY - 1:
+            return None, blocks
+        old = self._verified
+        changed = [i for i in blocks.keys() | old.keys() if blocks.get(i) != old.get(i)]
+        if not changed:
+            return set(), blocks
+        idents = self._ident_map(config)
+        return {k for i in changed for k in idents.get(i, ())}, blocks
+
+    def _ident_map(self, config: Config) -> dict[bytes, list[ServiceKey]]:
+        from ipvsync.kernel.procfs import ident_of
+
+        if self._idents is None or self._idents[0] is not config:
+            out: dict[bytes, list[ServiceKey]] = {}
+            for s in config.services:
+                out.setdefault(ident_of(s.key), []).append(s.key)
+            self._idents = (config, out)
+        out = self._idents[1]
+        extra = [k for k in self.state.owned.services if ident_of(k) not in out]
+        if extra:
+            out = {**out}
+            for k in extra:
+                out.setdefault(ident_of(k), []).append(k)
+        return out
+
+    def _after_reconcile(self, scope: set[ServiceKey] | None, blocks: dict[bytes, bytes] | None,
+                         result: ApplyResult | None) -> None:
+        """The blocks read before this reconcile are now verified, except for what it changed."""
+        if result is None or not result.ok or blocks is None:
+            self._verified = None
+            return
+        self._quick_runs = 0 if scope is None else self._quick_runs + 1
+        self._verified = blocks
+        self._forget(result)
+
+    def _forget(self, result: ApplyResult) -> None:
+        """Services a converge changed are no longer as last verified (the next reconcile reads them)."""
+        if self._verified is None or not result.applied:
+            return
+        from ipvsync.kernel.procfs import ident_of
+
+        for op in result.applied:
+            key = getattr(op, "service", None) or getattr(op, "key", None)
+            if isinstance(key, ServiceKey):
+                self._verified.pop(ident_of(key), None)
 
     def health_scope(self, reasons: set[str]) -> set[ServiceKey] | None:
         """Services whose health verdicts changed since the last converge, when health (or slow
@@ -847,6 +916,7 @@ class Daemon:
         for sig, why in ((signal.SIGHUP, "hup"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
             loop.add_signal_handler(sig, self.on_signal, why)
         tasks = [asyncio.create_task(self.loop()), asyncio.create_task(self.timers())]
+        self.kick("reconcile")  # a first full read right away: the baseline later reconciles compare with
         if self.health is not None:
             tasks.append(asyncio.create_task(self.health.run()))
         self.notifier.ready(self.status_line())

@@ -309,3 +309,33 @@ def test_single_service_get_equals_dump_and_missing_is_none(netns: Any) -> None:
     assert len(result["few"]) == 1  # the missing one is simply absent
     assert list(result["few"].values())[0] == result["full0"]
     assert result["full0"]["dests"], "the scoped read includes the real servers"
+
+
+def test_proc_table_blocks_match_service_identities(netns: Any) -> None:
+    """The reconcile's change detector reads /proc/net/ip_vs: its identities must be ident_of()'s
+    for every kind of service, counters must not count, a weight change must."""
+    result = run_py(
+        netns,
+        """
+        sys.path.insert(0, {repo!r})
+        from ipvsync.kernel.procfs import ident_of, read_table, service_blocks
+        keys = [ServiceKey(AF_INET, 6, "192.0.2.10", 80), ServiceKey(AF_INET6, 17, "2001:db8::35", 53),
+                ServiceKey(AF_INET, fwmark=10), ServiceKey(AF_INET, 132, "192.0.2.11", 9)]
+        with IpvsSocket() as s:
+            s.execute([c.new_service(keys[0], ServiceAttrs("wrr", SVC_F_PERSISTENT, 300, 24)),
+                       c.new_service(keys[1], ServiceAttrs("rr", SVC_F_ONEPACKET, 0, 128)),
+                       c.new_service(keys[2], ServiceAttrs("sh")),
+                       c.new_service(keys[3], ServiceAttrs("rr")),
+                       c.new_dest(keys[0], DestKey("198.51.100.1", 8080), None, DestAttrs(FWD_MASQ, 3)),
+                       c.new_dest(keys[1], DestKey("2001:db8::1", 53), None, DestAttrs(FWD_DROUTE, 1)),
+                       c.new_dest(keys[2], DestKey("198.51.100.51", 0), None, DestAttrs(FWD_TUNNEL, 1))])
+            before = service_blocks(read_table())
+            s.execute([c.set_dest(keys[0], DestKey("198.51.100.1", 8080), None, DestAttrs(FWD_MASQ, 5))])
+            after = service_blocks(read_table())
+        result = {"idents": sorted(x.decode() for x in before), "want": sorted(ident_of(k).decode() for k in keys),
+                  "changed": sorted(k.decode() for k in before if before[k] != after.get(k)),
+                  "weight_key": ident_of(keys[0]).decode()}
+        """.replace("{repo!r}", repr(str(REPO))),
+    )
+    assert result["idents"] == result["want"]
+    assert result["changed"] == [result["weight_key"]]
