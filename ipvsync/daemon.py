@@ -450,6 +450,7 @@ class Daemon:
         rs = self.reload_scope(old, new)
         scope = rs.keys
         vips = self.vips_matter(new, scope, rs.vips_changed)
+        pre_blocks = self.read_blocks() if scope is None else None  # before the full read (see _verify_full)
         observed = self.observe(new, scope, vips)
         guard = self.deletion_guard(new, lambda: {s.key for s in self.kernel.ipvs.services()}
                                     if scope is not None else set(observed.services), rs.leaving)
@@ -470,6 +471,8 @@ class Daemon:
             log.error("reload rolled back: %s", result.error, extra={"CONFIG_FILE": new.file})
             return ReloadOutcome(code, f"apply failed and was rolled back: {result.error}", [result.error], now)
         self.config = new
+        if scope is None:
+            self._verify_full(pre_blocks, result)
         self._apply_sysctls(new)
         n = len(result.applied)
         log.info("config %s (%s): %d kernel operation(s) in %.3f s", "loaded" if old is None else "reloaded", why,
@@ -616,12 +619,41 @@ class Daemon:
     _quick_runs = 0
     _idents: tuple[Config, dict[bytes, list[ServiceKey]]] | None = None
 
-    def reconcile_scope(self, config: Config) -> tuple[set[ServiceKey] | None, dict[bytes, bytes] | None]:
-        """(services to re-read: None = all, the table's blocks read now)."""
+    @staticmethod
+    def read_blocks() -> dict[bytes, bytes] | None:
         from ipvsync.kernel.procfs import read_table, service_blocks
 
         table = read_table()
-        blocks = service_blocks(table) if table is not None else None
+        return service_blocks(table) if table is not None else None
+
+    def _verify_full(self, pre: dict[bytes, bytes] | None, result: ApplyResult) -> None:
+        """After a converge that read every service (start, a global change): the table as read
+        before it is verified; the services it changed are taken as the table shows them right
+        after (the kernel acked exactly those writes), so a start from an empty table needs no
+        second full read. A service whose block moved without our doing stays unverified."""
+        if pre is None or not result.ok:
+            self._verified = None
+            return
+        verified = dict(pre)
+        if result.applied:
+            post = self.read_blocks()
+            if post is None:
+                self._verified = None
+                return
+            from ipvsync.kernel.procfs import ident_of
+
+            touched = {ident_of(k) for op in result.applied
+                       if isinstance(k := getattr(op, "service", None) or getattr(op, "key", None), ServiceKey)}
+            for ident in touched:
+                verified.pop(ident, None)
+                if ident in post:
+                    verified[ident] = post[ident]
+        self._verified = verified
+        self._quick_runs = 0
+
+    def reconcile_scope(self, config: Config) -> tuple[set[ServiceKey] | None, dict[bytes, bytes] | None]:
+        """(services to re-read: None = all, the table's blocks read now)."""
+        blocks = self.read_blocks()
         if blocks is None or self._verified is None or self._quick_runs >= FULL_RECONCILE_EVERY - 1:
             return None, blocks
         old = self._verified
@@ -916,7 +948,6 @@ class Daemon:
         for sig, why in ((signal.SIGHUP, "hup"), (signal.SIGTERM, "stop"), (signal.SIGINT, "stop")):
             loop.add_signal_handler(sig, self.on_signal, why)
         tasks = [asyncio.create_task(self.loop()), asyncio.create_task(self.timers())]
-        self.kick("reconcile")  # a first full read right away: the baseline later reconciles compare with
         if self.health is not None:
             tasks.append(asyncio.create_task(self.health.run()))
         self.notifier.ready(self.status_line())
