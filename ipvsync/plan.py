@@ -472,46 +472,53 @@ class Plan:
         return [op.key for op in self.ops if isinstance(op, DelService)]
 
 
-# Pairs already found equal, by identity: id(observed) -> (observed, desired). Attrs pairs (equal
-# after normalisation) and whole services (nothing to do). A memo of a pure function of values that
-# are never mutated (frozen; the dests dicts of observed and desired services are not changed after
-# they are built); an entry keeps both alive, so the ids stay theirs. The kernel layer returns the
-# identical objects for an unchanged kernel object and the config layer its identical objects for an
-# unchanged declaration, so a no-drift re-plan is one lookup per service.
-_same_now: dict[int, tuple[object, object]] = {}
-_same_before: dict[int, tuple[object, object]] = {}
-SAME_MEMO_LIMIT = 1 << 16
+class _PairMemo:
+    """Pairs already found equal, by identity: id(anchor) -> (a, b), in two generations of `limit`.
+
+    A memo of a pure function of values that are never mutated (frozen; the dests dicts of observed
+    and desired services are not changed after they are built); an entry keeps both alive, so the
+    ids stay theirs. The anchor is the side that is stable across re-plans, so that a new object on
+    the other side replaces its entry instead of adding one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.now: dict[int, tuple[object, object]] = {}
+        self.before: dict[int, tuple[object, object]] = {}
+
+    def known(self, anchor: object, a: object, b: object) -> bool:
+        m = self.now.get(id(anchor))
+        if m is not None and m[0] is a and m[1] is b:
+            return True
+        m = self.before.get(id(anchor))
+        if m is not None and m[0] is a and m[1] is b:
+            self.remember(anchor, a, b)
+            return True
+        return False
+
+    def remember(self, anchor: object, a: object, b: object) -> None:
+        if len(self.now) >= self.limit:
+            self.before, self.now = self.now, {}
+        self.now[id(anchor)] = (a, b)
 
 
-def _known(have: object, want: object) -> bool:
-    """Whether (have, want) is a remembered equal pair (remembering it again if it was old)."""
-    m = _same_now.get(id(have))
-    if m is not None and m[0] is have and m[1] is want:
-        return True
-    m = _same_before.get(id(have))
-    if m is not None and m[0] is have and m[1] is want:
-        _remember(have, want)
-        return True
-    return False
-
-
-def _remember(have: object, want: object) -> None:
-    global _same_now, _same_before
-    if len(_same_now) >= SAME_MEMO_LIMIT:
-        _same_before, _same_now = _same_now, {}
-    _same_now[id(have)] = (have, want)
+# The kernel layer returns the identical objects for an unchanged kernel object (and keeps a real
+# server's key and attrs objects while only its counters move), the config layer its identical
+# objects for an unchanged declaration: a no-drift re-plan is one lookup per service.
+_ATTRS = _PairMemo(1 << 15)  # anchored on the observed attrs (the config shares its DestAttrs)
+_SERVICES = _PairMemo(1 << 16)  # anchored on the desired service: one entry per declared service
 
 
 def _same(have: ServiceAttrs | DestAttrs, want: ServiceAttrs | DestAttrs, family: int) -> bool:
     """have.normalised() == want.normalised() (family is ignored for DestAttrs)."""
-    if _known(have, want):
+    if _ATTRS.known(have, have, want):
         return True
     if isinstance(want, ServiceAttrs):
         if have.normalised(family) != want.normalised(family):  # type: ignore[call-arg]
             return False
     elif have.normalised() != want.normalised():  # type: ignore[call-arg]
         return False
-    _remember(have, want)
+    _ATTRS.remember(have, have, want)
     return True
 
 
@@ -519,7 +526,7 @@ def _unchanged(want: Any, have: ObservedService | None) -> bool:
     """True when the service and every real server of it already are as desired (no operation)."""
     if have is None:
         return False
-    if _known(have, want):
+    if _SERVICES.known(want, want, have):
         return True
     if not _same(have.attrs, want.attrs, want.key.family):
         return False
@@ -531,7 +538,7 @@ def _unchanged(want: Any, have: ObservedService | None) -> bool:
         h = hd.get(dkey)
         if h is None or not _same(h.attrs, w.attrs, 0):
             return False
-    _remember(have, want)  # as many observed as desired, all desired present: no deletions either
+    _SERVICES.remember(want, want, have)  # as many observed as desired, all desired present: no deletions
     return True
 
 

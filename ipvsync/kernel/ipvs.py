@@ -34,7 +34,7 @@ SEND_BATCH_BYTES = 64 << 10
 MAX_BATCH = 1024  # requests per send
 ACK_TRUESIZE = 2048  # generous kernel memory charge per queued ack, to size batches to SO_RCVBUF
 DUMP_RETRIES = 5
-MEMO_LIMIT = 1 << 18  # decoded messages kept between full dumps (partial reads alone never turn it)
+MEMO_MIN = 4096  # partial reads between full dumps keep at most max(this, 2 x the last full dump) messages
 # service and real-server writes: sent without NLM_F_ACK (an error still gets its own NLMSG_ERROR)
 SILENT_CMDS = frozenset({c.IPVS_CMD_NEW_SERVICE, c.IPVS_CMD_SET_SERVICE, c.IPVS_CMD_DEL_SERVICE,
                          c.IPVS_CMD_NEW_DEST, c.IPVS_CMD_SET_DEST, c.IPVS_CMD_DEL_DEST})
@@ -70,6 +70,7 @@ class IpvsSocket:
             self._memo: dict[bytes, object] = {}  # message bytes -> decoded value, this generation
             self._memo_old: dict[bytes, object] = {}  # ... the previous generation (one full dump)
             self._last_dump: dict[ServiceKey, ObservedService] = {}
+            self._memo_cap = MEMO_MIN
             self.family_id = 0
             self.family_id = self._resolve_family()
         except BaseException:
@@ -253,7 +254,7 @@ class IpvsSocket:
 
     def dests(self, key: ServiceKey) -> dict[DestKey, ObservedDest]:
         """Real servers of one service (empty if the service does not exist)."""
-        if len(self._memo) > MEMO_LIMIT:
+        if len(self._memo) > self._memo_cap:
             self._memo_turn()
         return {d.key: d for d in self._dump(c.get_dests(key), c.decode_dest, memo=True)}
 
@@ -278,6 +279,7 @@ class IpvsSocket:
             out[key] = o
         self._last_dump = out
         self._memo_old = {}  # everything still in the kernel moved into the current generation
+        self._memo_cap = max(MEMO_MIN, 2 * len(self._memo))
         return out
 
     def daemons(self) -> list[SyncDaemon]:

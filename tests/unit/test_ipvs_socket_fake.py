@@ -97,7 +97,7 @@ def fake_socket(kernel: FakeKernel) -> IpvsSocket:
     s._buf = bytearray(ipvs_mod.RECV_BUFFER)
     s._view = memoryview(s._buf)
     s._seq = 0
-    s._memo, s._memo_old, s._last_dump = {}, {}, {}
+    s._memo, s._memo_old, s._last_dump, s._memo_cap = {}, {}, {}, ipvs_mod.MEMO_MIN
     s.family_id = FAMILY
     s.timeout = 0.01
     s.max_batch = 4

@@ -291,3 +291,19 @@ def test_after_all_is_after_folded() -> None:
         folded = folded.after(op)
     assert start.after_all(ops) == folded
     assert start.after_all(ops[1:2]) is start
+
+
+def test_memo_does_not_grow_when_the_kernel_side_is_new_each_time() -> None:
+    """Under traffic every re-plan sees new observed service objects (counters moved): the service
+    memo is anchored on the desired service, so it holds one entry per service, not one per re-plan."""
+    from ipvsync import plan as plan_mod
+
+    k = skey("192.0.2.77")
+    w = desired(want(k, dests={"198.51.100.77:80": NAT1}))
+    attrs = ServiceAttrs(flags=SVC_F_HASHED)
+    before = len(plan_mod._SERVICES.now) + len(plan_mod._SERVICES.before)
+    for _ in range(50):
+        h = ObservedService(k, attrs, {DestKey("198.51.100.77", 80): ObservedDest(DestKey("198.51.100.77", 80),
+                                                                                 AF_INET, NAT1)})
+        assert plan(w, observed(h, addrs=("192.0.2.77",)), Owned()).ops == ()
+    assert len(plan_mod._SERVICES.now) + len(plan_mod._SERVICES.before) <= before + 1
