@@ -71,6 +71,7 @@ class IpvsSocket:
             self._memo_old: dict[bytes, object] = {}  # ... the previous generation (one full dump)
             self._last_dump: dict[ServiceKey, ObservedService] = {}
             self._memo_cap = MEMO_MIN
+            self._full_dumps = 0
             self.family_id = 0
             self.family_id = self._resolve_family()
         except BaseException:
@@ -248,9 +249,9 @@ class IpvsSocket:
                 return None
             raise
 
-    def services(self) -> list[ObservedService]:
+    def services(self, *, memo: bool = True) -> list[ObservedService]:
         """All virtual services (without their real servers; do not mutate their `dests`)."""
-        return self._dump(c.get_services(), c.decode_service, memo=True)
+        return self._dump(c.get_services(), c.decode_service, memo=memo)
 
     def dests(self, key: ServiceKey) -> dict[DestKey, ObservedDest]:
         """Real servers of one service (empty if the service does not exist)."""
@@ -262,16 +263,20 @@ class IpvsSocket:
         """Every service with its real servers (treat the values as frozen, their `dests` too).
 
         A service whose dump decoded to the same objects as in the last full dump is returned as
-        that dump's identical ObservedService (no new objects for an unchanged service).
+        that dump's identical ObservedService (no new objects for an unchanged service). A socket's
+        first full dump does not fill the memo: a one-shot command (plan, export) reads the table
+        once and would only pay for it (memory is slow to grow under UML and in small VMs).
         """
+        memo = self._full_dumps > 0
+        self._full_dumps += 1
         self._memo_turn()
-        services = self.services()
+        services = self.services(memo=memo)
         last = self._last_dump
         out: dict[ServiceKey, ObservedService] = {}
         get_dests, decode_dest, same = c.get_dests, c.decode_dest, operator.is_
         for s in services:
             key = s.key
-            ds = self._dump(get_dests(key), decode_dest, memo=True)
+            ds = self._dump(get_dests(key), decode_dest, memo=memo)
             o = last.get(key)
             if (o is None or o.attrs is not s.attrs or o.stats is not s.stats or len(o.dests) != len(ds)
                     or not all(map(same, o.dests.values(), ds))):

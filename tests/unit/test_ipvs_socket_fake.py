@@ -97,7 +97,7 @@ def fake_socket(kernel: FakeKernel) -> IpvsSocket:
     s._buf = bytearray(ipvs_mod.RECV_BUFFER)
     s._view = memoryview(s._buf)
     s._seq = 0
-    s._memo, s._memo_old, s._last_dump, s._memo_cap = {}, {}, {}, ipvs_mod.MEMO_MIN
+    s._memo, s._memo_old, s._last_dump, s._memo_cap, s._full_dumps = {}, {}, {}, ipvs_mod.MEMO_MIN, 0
     s.family_id = FAMILY
     s.timeout = 0.01
     s.max_batch = 4
@@ -126,6 +126,8 @@ def test_full_dump_keeps_only_what_it_saw() -> None:
     k.services = [svc]
     k.dests = [dest_reply("198.51.100.1", 1)]
     s = fake_socket(k)
+    s.dump()
+    assert not s._memo  # a socket's first full dump (a one-shot command's only one) keeps nothing
     one = s.dump()
     k.dests = [dest_reply("198.51.100.9", 1)]
     two = s.dump()
