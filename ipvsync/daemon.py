@@ -191,7 +191,7 @@ class Daemon:
             try:
                 st = os.stat(f)
                 key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                known = self._file_stats.get(f)
+                known = self._read_stats.get(f)
                 if trust_stat and known is not None and known[0] == key:
                     digest = known[1]
                     self._unread.add(f)
@@ -205,7 +205,17 @@ class Daemon:
         self._file_stats = seen
         return h.hexdigest()
 
-    _file_stats: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}
+    _file_stats: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # as the last digest saw them
+    _read_stats: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # as when last loaded successfully
+    _read_inodes: dict[str, int] = {}  # inode of each source when the config was last read
+
+    def _written_in_place_now(self) -> bool:
+        """A source that is the same inode as when last read and changed within SETTLE: a writer
+        may be between truncate and close (`cat >`, cp). A save by rename (a new inode, complete
+        before its rename) never waits."""
+        now = time.time_ns()
+        return any(key[0] == self._read_inodes.get(f) and now - key[3] < SETTLE * 1e9
+                   for f, (key, _d) in self._file_stats.items())
     _unread: set[str] = set()  # sources the last digest took on trust (stat unchanged)
 
     def read_config(self, trust_stat: bool = False) -> Config:
@@ -430,9 +440,12 @@ class Daemon:
     def _reload(self, why: str, digest: str | None = None, trust_stat: bool = False) -> ReloadOutcome:
         now = time.time()
         self.raw_digest = digest or self.compute_raw_digest()
+        self._read_inodes = {f: key[0] for f, (key, _d) in self._file_stats.items()}
         self.vanished.clear()
+        stats = self._file_stats  # from the digest just computed: what this read will see
         try:
             new = self.read_config(trust_stat and digest is not None)
+            self._read_stats = stats
         except ConfigInvalid as exc:
             errors = [str(e) for e in exc.errors]
             for e in exc.errors:
@@ -573,6 +586,10 @@ class Daemon:
             trust = "poll" not in reasons
             digest = self.compute_raw_digest(trust_stat=trust)
             if digest != self.raw_digest:
+                deadline = time.monotonic() + WRITE_WAIT
+                while self._written_in_place_now() and time.monotonic() < deadline:
+                    await asyncio.sleep(SETTLE)  # its event may still be on the way: wait until it is quiet
+                    digest = self.compute_raw_digest(trust_stat=trust)
                 await self.reload("file changed", digest, trust)
             reasons -= {"file", "poll"}
         if not reasons or self.config is None:

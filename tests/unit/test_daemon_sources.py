@@ -25,7 +25,8 @@ def setup(tmp_path: Path) -> tuple[Daemon, Path]:
     d = Daemon(str(main), str(tmp_path / "state"), str(tmp_path / "run"))
     d.raw_digest = d.compute_raw_digest()
     d.config = d.read_config()
-    d.raw_digest = d.compute_raw_digest(trust_stat=True)  # now with the include list known
+    d.raw_digest = d.compute_raw_digest()  # now with the include list known
+    d._read_stats = d._file_stats  # as _reload records after a good load
     return d, tmp_path
 
 
@@ -114,3 +115,24 @@ def test_cached_reload_equals_a_fresh_load(tmp_path: Path) -> None:
         except ConfigInvalid as exc:
             errors.append([str(e) for e in exc.errors])
     assert len(errors) == 2 and errors[0] == errors[1] and errors[0]
+
+
+def test_in_place_rewrite_is_read_after_it_is_quiet(tmp_path: Path) -> None:
+    """A write into the same inode (cat >, cp) is read only once quiet; a check right after the
+    change must not take the old parse on trust (the stat moved since the last load)."""
+    import asyncio
+
+    d, root = setup(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    f = root / "conf.d" / "p0.yaml"
+    with open(f, "r+") as fh:  # same inode
+        fh.truncate(0)
+        fh.write(part(0, weight=6))
+    assert d._written_in_place_now()
+    d.compute_raw_digest(trust_stat=True)
+    d.compute_raw_digest(trust_stat=True)  # a second check (the quiet wait) must still re-read it
+    assert str(f) not in d._unread
+    d.config = d.read_config(trust_stat=True)
+    assert weight(d, "s0") == 6
+    asyncio.run(asyncio.sleep(0.06))
+    assert not d._written_in_place_now()
