@@ -15,13 +15,14 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from ipvsync.apply import Applier, ApplyResult, FaultSeam
-from ipvsync.config.build import load_config
+from ipvsync.config.build import MAX_CONFIG_BYTES, load_config
 from ipvsync.config.load import ConfigInvalid, Document
 from ipvsync.config.spec import Config, Service
 from ipvsync.desired import Desired, from_config
@@ -195,6 +196,9 @@ class Daemon:
                 if trust_stat and known is not None and known[0] == key:
                     digest = known[1]
                     self._unread.add(f)
+                elif not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONFIG_BYTES:
+                    # a FIFO would block this read forever; the loader rejects it (and huge files)
+                    digest = b"not read: %o %d" % (st.st_mode, st.st_size)
                 else:
                     with open(f, "rb") as fh:
                         digest = hashlib.sha256(fh.read()).digest()

@@ -136,3 +136,16 @@ def test_in_place_rewrite_is_read_after_it_is_quiet(tmp_path: Path) -> None:
     assert weight(d, "s0") == 6
     asyncio.run(asyncio.sleep(0.06))
     assert not d._written_in_place_now()
+
+
+def test_a_fifo_in_place_of_the_config_never_blocks_the_check(tmp_path: Path) -> None:
+    import threading
+
+    cfg = tmp_path / "ipvsync.yaml"
+    os.mkfifo(cfg)
+    d = Daemon(str(cfg), str(tmp_path / "state"), str(tmp_path / "run"))
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(d.compute_raw_digest()), daemon=True)
+    t.start()
+    t.join(5)
+    assert done, "compute_raw_digest blocked on a FIFO"
