@@ -16,7 +16,7 @@ def part(i: int, weight: int = 1) -> str:
             f"      - {{address: 198.51.100.{i + 1}, weight: {weight}}}\n")
 
 
-def setup(tmp_path: Path) -> tuple[Daemon, Path]:
+def make_daemon(tmp_path: Path) -> tuple[Daemon, Path]:
     (tmp_path / "conf.d").mkdir()
     main = tmp_path / "ipvsync.yaml"
     main.write_text(MAIN)
@@ -37,7 +37,7 @@ def weight(d: Daemon, name: str) -> int:
 
 
 def test_only_the_changed_include_is_read_again(tmp_path: Path) -> None:
-    d, root = setup(tmp_path)
+    d, root = make_daemon(tmp_path)
     before = d.raw_digest
     tmp = root / "conf.d" / ".p1.tmp"
     tmp.write_text(part(1, weight=7))
@@ -52,7 +52,7 @@ def test_only_the_changed_include_is_read_again(tmp_path: Path) -> None:
 
 def test_same_size_same_mtime_rewrite_is_still_seen(tmp_path: Path) -> None:
     """cp -p style: content changes, size and mtime kept; ctime (which nobody can set) moves."""
-    d, root = setup(tmp_path)
+    d, root = make_daemon(tmp_path)
     f = root / "conf.d" / "p2.yaml"
     st = os.stat(f)
     f.write_text(part(2, weight=9))  # same length as weight 1
@@ -65,13 +65,13 @@ def test_same_size_same_mtime_rewrite_is_still_seen(tmp_path: Path) -> None:
 
 
 def test_untrusted_check_reads_everything(tmp_path: Path) -> None:
-    d, _root = setup(tmp_path)
+    d, _root = make_daemon(tmp_path)
     d.compute_raw_digest(trust_stat=False)
     assert d._unread == set()
 
 
 def test_an_include_moved_away_is_waited_for(tmp_path: Path) -> None:
-    d, root = setup(tmp_path)
+    d, root = make_daemon(tmp_path)
     f = root / "conf.d" / "p0.yaml"
     os.replace(f, root / "conf.d" / "p0.yaml~")  # vim's backup rename
     d.file_event("moved", str(f))
@@ -86,7 +86,7 @@ def test_plain_health_shortcut_equals_evaluate(tmp_path: Path) -> None:
     from ipvsync.health.monitor import HealthMonitor
     from ipvsync.plan import Observed
 
-    d, _root = setup(tmp_path)
+    d, _root = make_daemon(tmp_path)
     d.health = HealthMonitor(lambda: None)
     d.health.update(d.config)
     got, declared = d.desired_for(d.config, Observed(services={}), 0.0, commit=False)
@@ -101,7 +101,7 @@ def test_cached_reload_equals_a_fresh_load(tmp_path: Path) -> None:
     from ipvsync.config.build import load_config
     from ipvsync.config.load import ConfigInvalid
 
-    d, root = setup(tmp_path)
+    d, root = make_daemon(tmp_path)
     (root / "conf.d" / "p1.yaml").write_text(part(1, weight=5))
     d.config = d.read_config()
     fresh = load_config(str(root / "ipvsync.yaml"))
@@ -122,7 +122,7 @@ def test_in_place_rewrite_is_read_after_it_is_quiet(tmp_path: Path) -> None:
     change must not take the old parse on trust (the stat moved since the last load)."""
     import asyncio
 
-    d, root = setup(tmp_path)
+    d, root = make_daemon(tmp_path)
     d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
     f = root / "conf.d" / "p0.yaml"
     with open(f, "r+") as fh:  # same inode
