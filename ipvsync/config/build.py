@@ -503,25 +503,17 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
     built: dict[str, tuple[Document, str, list[tuple[str, int, Service]]]] = {}
     for doc, svcs in docs:
         whole = _LAST_DOCS.get(doc.file)
-        if whole is not None and whole[0] is doc and whole[1] == defaults_json:
+        if (whole is not None and whole[0] is doc and whole[1] == defaults_json
+                and not any(name in names or svc.key in keys for name, _line, svc in whole[2])):
             # the identical document as in the last good load (an unchanged include): its services
-            # as they were; only the cross-file duplicate checks run again
+            # as they were. A duplicate with another file takes the long way, which words the error.
             for name, line, svc in whole[2]:
-                if name in names or svc.key in keys:
-                    break  # a duplicate with a changed file: the long way words the error
                 names[name] = (doc.file, line)
                 keys[svc.key] = svc
                 services.append(svc)
-            else:
-                built[doc.file] = whole
-                seen[doc.file] = _LAST_SEEN.get(doc.file, {})
-                continue
-            for name, _line, svc in whole[2]:  # undo the partial pass
-                if names.get(name, ("",))[0] == doc.file:
-                    del names[name]
-                if keys.get(svc.key) is svc:
-                    del keys[svc.key]
-                    services.remove(svc)
+            built[doc.file] = whole
+            seen[doc.file] = _LAST_SEEN.get(doc.file, {})
+            continue
         last = _LAST_SEEN.get(doc.file, {})
         mine: list[tuple[str, int, Service]] = []
         for name, raw in svcs.items():
