@@ -64,11 +64,24 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 
 
 @lru_cache(maxsize=1)
+def _root_schema() -> dict[str, Any]:
+    """The whole-document schema with its $refs inlined (shared by jsonschema and the quick check)."""
+    root = load_schema()
+    return _inline({k: v for k, v in root.items() if k != "$defs"}, root["$defs"])
+
+
+@lru_cache(maxsize=1)
+def _service_schema() -> dict[str, Any]:
+    """One service's schema with its $refs inlined (shared by jsonschema and the quick check)."""
+    root = load_schema()
+    return _inline(root["$defs"]["service"], root["$defs"])
+
+
+@lru_cache(maxsize=1)
 def _validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    root = load_schema()
-    return Draft202012Validator(_inline({k: v for k, v in root.items() if k != "$defs"}, root["$defs"]))
+    return Draft202012Validator(_root_schema())
 
 
 def _message(error: Any) -> str:
@@ -94,8 +107,7 @@ def _message(error: Any) -> str:
 def _service_validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    root = load_schema()
-    return Draft202012Validator(_inline(root["$defs"]["service"], root["$defs"]))
+    return Draft202012Validator(_service_schema())
 
 
 def content_key(value: Any) -> bytes:
@@ -130,16 +142,14 @@ def _collect(validator: Any, instance: Any, prefix: tuple[Any, ...]) -> list[tup
 def _quick_root() -> Any:
     from ipvsync.config.quickcheck import compile_schema
 
-    root = load_schema()
-    return compile_schema(_inline({k: v for k, v in root.items() if k != "$defs"}, root["$defs"]))
+    return compile_schema(_root_schema())
 
 
 @lru_cache(maxsize=1)
 def _quick_service() -> Any:
     from ipvsync.config.quickcheck import compile_schema
 
-    root = load_schema()
-    return compile_schema(_inline(root["$defs"]["service"], root["$defs"]))
+    return compile_schema(_service_schema())
 
 
 def validate(doc: Document) -> list[ConfigError]:
