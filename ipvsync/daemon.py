@@ -78,26 +78,38 @@ class ReloadOutcome:
                 "time": self.at}
 
 
-_WITHDRAWS: tuple[Config, bool] | None = None
+_SERVICE_FLAGS: tuple[Config, bool, bool] | None = None  # (config, any withdraw_vip, any quorum)
+
+
+def _service_flags(config: Config) -> tuple[Config, bool, bool]:
+    """Per-config facts the converge path asks about often, computed once for the last config."""
+    global _SERVICE_FLAGS
+    if _SERVICE_FLAGS is None or _SERVICE_FLAGS[0] is not config:
+        _SERVICE_FLAGS = (config, any(s.withdraw_vip for s in config.services),
+                          any(s.quorum > 0 for s in config.services))
+    return _SERVICE_FLAGS
 
 
 def withdraws(config: Config) -> bool:
-    """Whether any service may withdraw its VIP (quorum); remembered for the last config asked about."""
-    global _WITHDRAWS
-    if _WITHDRAWS is None or _WITHDRAWS[0] is not config:
-        _WITHDRAWS = (config, any(s.withdraw_vip for s in config.services))
-    return _WITHDRAWS[1]
-
-
-_QUORUM: tuple[Config, bool] | None = None
+    """Whether any service may withdraw its VIP (quorum)."""
+    return _service_flags(config)[1]
 
 
 def uses_quorum(config: Config) -> bool:
     """Whether any service has a quorum (so quorum_step may move weights, sorry servers or VIPs)."""
-    global _QUORUM
-    if _QUORUM is None or _QUORUM[0] is not config:
-        _QUORUM = (config, any(s.quorum > 0 for s in config.services))
-    return _QUORUM[1]
+    return _service_flags(config)[2]
+
+
+def touched_idents(result: ApplyResult) -> set[bytes]:
+    """procfs identities of the services a converge wrote (a service op's key, a dest op's service)."""
+    from ipvsync.kernel.procfs import ident_of
+
+    out: set[bytes] = set()
+    for op in result.applied:
+        key = getattr(op, "service", None) or getattr(op, "key", None)
+        if isinstance(key, ServiceKey):
+            out.add(ident_of(key))
+    return out
 
 
 def settle_heap() -> None:
@@ -220,6 +232,7 @@ class Daemon:
         now = time.time_ns()
         return any(key[0] == self._read_inodes.get(f) and now - key[3] < SETTLE * 1e9
                    for f, (key, _d) in self._file_stats.items())
+
     _unread: set[str] = set()  # sources the last digest took on trust (stat unchanged)
 
     def read_config(self, trust_stat: bool = False) -> Config:
@@ -661,11 +674,7 @@ class Daemon:
             if post is None:
                 self._verified = None
                 return
-            from ipvsync.kernel.procfs import ident_of
-
-            touched = {ident_of(k) for op in result.applied
-                       if isinstance(k := getattr(op, "service", None) or getattr(op, "key", None), ServiceKey)}
-            for ident in touched:
+            for ident in touched_idents(result):
                 verified.pop(ident, None)
                 if ident in post:
                     verified[ident] = post[ident]
@@ -681,10 +690,17 @@ class Daemon:
         changed = [i for i in blocks.keys() | old.keys() if blocks.get(i) != old.get(i)]
         if not changed:
             return set(), blocks
-        idents = self._ident_map(config)
-        return {k for i in changed for k in idents.get(i, ())}, blocks
+        declared = self._declared_idents(config)
+        scope = {k for i in changed for k in declared.get(i, ())}
+        missing = {i for i in changed if i not in declared}
+        if missing:  # owned services that left the config (rare): only then look at what we own
+            from ipvsync.kernel.procfs import ident_of
 
-    def _ident_map(self, config: Config) -> dict[bytes, list[ServiceKey]]:
+            scope |= {k for k in self.state.owned.services if ident_of(k) in missing}
+        return scope, blocks
+
+    def _declared_idents(self, config: Config) -> dict[bytes, list[ServiceKey]]:
+        """procfs identity -> the config's service keys (an IPv4 and IPv6 fwmark share one)."""
         from ipvsync.kernel.procfs import ident_of
 
         if self._idents is None or self._idents[0] is not config:
@@ -692,13 +708,7 @@ class Daemon:
             for s in config.services:
                 out.setdefault(ident_of(s.key), []).append(s.key)
             self._idents = (config, out)
-        out = self._idents[1]
-        extra = [k for k in self.state.owned.services if ident_of(k) not in out]
-        if extra:
-            out = {**out}
-            for k in extra:
-                out.setdefault(ident_of(k), []).append(k)
-        return out
+        return self._idents[1]
 
     def _after_reconcile(self, scope: set[ServiceKey] | None, blocks: dict[bytes, bytes] | None,
                          result: ApplyResult | None) -> None:
@@ -712,14 +722,10 @@ class Daemon:
 
     def _forget(self, result: ApplyResult) -> None:
         """Services a converge changed are no longer as last verified (the next reconcile reads them)."""
-        if self._verified is None or not result.applied:
+        if self._verified is None:
             return
-        from ipvsync.kernel.procfs import ident_of
-
-        for op in result.applied:
-            key = getattr(op, "service", None) or getattr(op, "key", None)
-            if isinstance(key, ServiceKey):
-                self._verified.pop(ident_of(key), None)
+        for ident in touched_idents(result):
+            self._verified.pop(ident, None)
 
     def health_scope(self, reasons: set[str]) -> set[ServiceKey] | None:
         """Services whose health verdicts changed since the last converge, when health (or slow
