@@ -200,8 +200,8 @@ def test_invalid_edit_rejected_kernel_unchanged_then_fixed_and_deletion_guard(ne
     assert (netns.ipvsadm_save(), vips(netns)) == good
 
     # a valid config that removes every service: the deletion guard
+    rejected = d.rejections()  # counted before the write: the daemon may refuse it at once
     d.write("version: 1\nservices: {}\n")
-    rejected = d.rejections()
     wait_for(lambda: d.rejections() > rejected, 20, what="the deletion guard (file watch)")
     proc = d.cli("reload")
     assert proc.returncode == 1, proc
