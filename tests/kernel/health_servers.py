@@ -395,13 +395,19 @@ class Lab:
         """["down -> up", "up -> down", ...]: the transitions of one real server of one service."""
         return [ln.split(": ", 1)[1].split(" (")[0] for ln in self.transitions(service, rs)]
 
-    def transition_time(self, service: str, rs: str, change: str, after: float) -> float:
-        """When the daemon logged `change` ("up -> down") for this real server after `after`."""
+    def transition_time(self, service: str, rs: str, change: str, after: float, limit: float = 10.0) -> float:
+        """When the daemon logged `change` ("up -> down") for this real server after `after`. Waits up
+        to `limit` s for it: the line is read by another thread, it can arrive after the weight change
+        a test has just seen."""
         tag = f"SERVICE={service} REAL_SERVER={rs} "
-        for t, ln in list(self.lines):
-            if t > after and tag in ln and f": {change} (" in ln:
-                return t
-        raise AssertionError(f"no {change} logged for {service} {rs}")
+        deadline = time.monotonic() + limit
+        while True:
+            for t, ln in list(self.lines):
+                if t > after and tag in ln and f": {change} (" in ln:
+                    return t
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {change} logged for {service} {rs}")
+            time.sleep(0.02)
 
 
 def passive_opens(ns: Any) -> int:

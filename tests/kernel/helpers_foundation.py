@@ -191,18 +191,30 @@ class Director:
                 stats[f"{svc} -> {parts[1]}"] = [_num(x) for x in parts[2:7]]
         return stats
 
-    def stats_when(self, ok: Any, timeout: float = 8.0) -> dict[str, list[int]]:
-        """Poll `stats()` until ok(stats): the kernel folds per-CPU counters in every 2 s (estimator)."""
+    def stats_when(self, ok: Any, timeout: float = 20.0, settled: bool = False) -> dict[str, list[int]]:
+        """Poll `stats()` until ok(stats): the kernel folds per-CPU counters in every 2 s (estimator).
+
+        settled=True (a baseline to compare later counters with): also until they stay unchanged
+        for more than one fold; a fold in the middle of the last connection counts it before its
+        last packets, which the next fold adds."""
         deadline = time.monotonic() + timeout
+        since: tuple[float, dict[str, list[int]]] | None = None  # when ok(st) began to hold, unchanged
         while True:
             st = self.stats()
+            now = time.monotonic()
             try:
-                if ok(st):
-                    return st
+                good = ok(st)
             except KeyError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"counters never matched: {st}")
+                good = False
+            if good and not settled:
+                return st
+            if good and since is not None and since[1] == st:
+                if now - since[0] > 2.5:
+                    return st
+            else:
+                since = (now, st) if good else None
+            if now > deadline:
+                raise AssertionError(f"counters never matched{' (settled)' if settled else ''}: {st}")
             time.sleep(0.25)
 
 

@@ -161,7 +161,7 @@ def test_kill9_mid_apply_of_300_services_then_restart(netns: Any, topology: Any,
     load = Load(topo.client, VIP_A, 80, tmp_path)
     try:
         # IPVS publishes counters through its estimator (every 2 s): wait until A's counter shows traffic
-        wait_for(lambda: service_conns(netns, f"TCP {VIP_A}:80") > 0, 10, 0.2, "A's counter")
+        wait_for(lambda: service_conns(netns, f"TCP {VIP_A}:80") > 0, 30, 0.2, "A's counter")
         conns_before = service_conns(netns, f"TCP {VIP_A}:80")
         big = {k: {"vip": f"198.18.{k // 200}.{k % 200 + 1}", "port": 80, "scheduler": "wlc",
                    "rs": [(s0.ip4, 80, 1), (s1.ip4, 80, 1)]} for k in range(300)}
@@ -188,7 +188,7 @@ def test_kill9_mid_apply_of_300_services_then_restart(netns: Any, topology: Any,
     assert set(weights) == {A_KEY, "t 192.0.2.99:80"} | {f"t 198.18.{k // 200}.{k % 200 + 1}:80" for k in range(300)}
     assert len(vips(netns)) == 301
     # never reset: A's counter ends up counting every connection the client made since the first start
-    wait_for(lambda: service_conns(netns, f"TCP {VIP_A}:80") >= result["ok"], 10, 0.2, "A's counter to catch up")
+    wait_for(lambda: service_conns(netns, f"TCP {VIP_A}:80") >= result["ok"], 30, 0.2, "A's counter to catch up")
     conns_after = service_conns(netns, f"TCP {VIP_A}:80")
     assert conns_before > 0 and conns_after >= result["ok"], (conns_before, conns_after, result["ok"])
     assert "192.0.2.99" not in log  # the foreign service was never touched

@@ -108,6 +108,7 @@ def test_http_check_status_regex_timeout(netns: Netns, topology: Callable[..., T
             assert t_up >= (RISE - 1) * INTERVAL - SLACK, (label, t_up)
             assert lab.rs_status("web", v)["health"] == "up"
             timings.append(f"{label}: weight 0 after {t_down:.2f} s, back after {t_up:.2f} s")
+            lab.transition_time("web", v, "down -> up", t1)  # the log line may trail the kernel weight
             lines = lab.transitions("web", v)
             assert f"REASON={reason}]" in lines[-2] and " up -> down " in lines[-2], (label, lines)
             assert "CHECK=http GET " + v + "/health" in lines[-2], lines[-2]
