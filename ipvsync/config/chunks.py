@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ipvsync.config.fastyaml import read_service
 from ipvsync.config.load import MAX_NODES, ConfigError, Document, Path, _convert
 
 # patterns start with a literal newline (not ^ with re.M) so that re can skip ahead with memchr
@@ -80,6 +81,14 @@ def _compose(text: str) -> yaml.Node | None:
 
 
 def _parse_chunk(text: str, file: str, line0: int) -> tuple[Chunk, int] | None:
+    fast = read_service(text, line0)  # the common plain shapes, without libyaml
+    if fast is not None:
+        name, value, marks, used = fast
+        return Chunk(line0, name, value, marks), used
+    return _parse_chunk_libyaml(text, file, line0)
+
+
+def _parse_chunk_libyaml(text: str, file: str, line0: int) -> tuple[Chunk, int] | None:
     root = _compose("\n" * line0 + text)
     if not isinstance(root, yaml.MappingNode) or len(root.value) != 1:
         return None

@@ -16,12 +16,12 @@ import yaml
 Path = tuple[str | int, ...]
 
 MAX_NODES = 200_000  # bounds alias expansion ("billion laughs")
-_YAML11_BOOL = re.compile(r"^(y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
-_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
-_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
-_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
-_NULL = re.compile(r"^(~|null|Null|NULL|)$")
-_BOOL = re.compile(r"^(true|True|TRUE|false|False|FALSE)$")
+_YAML11_BOOLS = frozenset("y Y yes Yes YES n N no No NO on On ON off Off OFF".split())
+_NULLS = frozenset(["~", "null", "Null", "NULL", ""])
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+# groups: int, float, sexagesimal (YAML 1.1's base 60, a trap); tried only when a digit, sign or dot leads
+_NUMBER = re.compile(r"[-+]?(?:(0|[1-9][0-9]*)|([0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                     r"|([0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?))\Z")
 
 
 @dataclass(frozen=True)
@@ -104,23 +104,29 @@ def _scalar(node: yaml.ScalarNode, doc: Document, path: Path, errors: list[Confi
             "binary", "set", "omap", "pairs") or node.tag.startswith("tag:yaml.org,2002:python"):
         errors.append(doc.error(path, f"YAML tag {node.tag!r} is not allowed; plain values only"))
         return text
-    if _YAML11_BOOL.match(text):
-        errors.append(doc.error(
-            path, f"{text!r} is a YAML 1.1 boolean trap; write true/false, or quote it for a string"))
-        return text
-    if _NULL.match(text):
-        return None
-    if _BOOL.match(text):
-        return text.lower() == "true"
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        return float(text)
-    if _SEXAGESIMAL.match(text):
-        errors.append(doc.error(
-            path, f"{text!r} is a YAML 1.1 sexagesimal number (base 60); quote it if you mean the text"))
-        return text
-    return text
+    value, problem = resolve_plain(text)
+    if problem:
+        errors.append(doc.error(path, problem))
+    return value
+
+
+def resolve_plain(text: str) -> tuple[Any, str]:
+    """The value of a plain (unquoted) scalar, and the trap it falls into ("" when none)."""
+    if text in _YAML11_BOOLS:
+        return text, f"{text!r} is a YAML 1.1 boolean trap; write true/false, or quote it for a string"
+    if text in _NULLS:
+        return None, ""
+    if text in _BOOLS:
+        return _BOOLS[text], ""
+    if text[0] in "0123456789+-.":
+        m = _NUMBER.match(text)
+        if m is not None:
+            if m.group(1) is not None:
+                return int(text), ""
+            if m.group(2) is not None:
+                return float(text), ""
+            return text, f"{text!r} is a YAML 1.1 sexagesimal number (base 60); quote it if you mean the text"
+    return text, ""
 
 
 def _convert(node: yaml.Node, doc: Document, path: Path, errors: list[ConfigError], budget: list[int],
