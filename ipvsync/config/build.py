@@ -64,7 +64,9 @@ def address_kind(text: str) -> tuple[str, int, str]:
 
 
 NO_HEALTH: dict[str, Any] = {"type": "none"}  # shared by every real server without checks: never mutate
-_SHARED_ATTRS: dict[DestAttrs, DestAttrs] = {}
+# (forward, weight, upper, lower, tunnel) -> the one DestAttrs with those values
+_SHARED_ATTRS: dict[tuple[Any, ...], DestAttrs] = {}
+_NO_KEYS: dict[str, Any] = {}  # the keys of a shorthand real server: none (never mutate)
 
 BUILTIN_DEFAULTS: dict[str, Any] = {"protocol": "tcp", "scheduler": "wlc", "forward": "nat", "weight": 1}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
@@ -99,6 +101,12 @@ def parse_duration(value: Any) -> float:
 
 def split_real_server(text: str, default_port: int) -> tuple[str, int]:
     """'198.51.100.1:8080' / '[2001:db8::1]:80' / '2001:db8::1' / '198.51.100.1' -> (address, port)."""
+    canon, port, _version, _bad = _split_real_server(text, default_port)
+    return canon, port
+
+
+def _split_real_server(text: str, default_port: int) -> tuple[str, int, int, str]:
+    """split_real_server, plus the address's IP version and what is wrong with it ("" if nothing)."""
     text = text.strip()
     if text.startswith("["):
         end = text.find("]")
@@ -113,14 +121,14 @@ def split_real_server(text: str, default_port: int) -> tuple[str, int]:
     else:
         addr, port_text = text, ""
     try:
-        canon = address_kind(addr)[0]
+        canon, version, bad = address_kind(addr)
     except ValueError:
         raise ValueError(f"{addr!r} is not an IPv4 or IPv6 address") from None
     if port_text == "":
-        return canon, default_port
+        return canon, default_port, version, bad
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
-    return canon, int(port_text)
+    return canon, int(port_text), version, bad
 
 
 class _Builder:
@@ -133,9 +141,7 @@ class _Builder:
         self.errors.append(doc.error(path, msg))
 
     def origin(self, doc: Document, path: Path) -> Origin:
-        from ipvsync.config.load import format_path
-
-        return Origin(doc.file, doc.where(path)[0], format_path(path))
+        return Origin(doc.file, doc.where(path)[0], path)  # the path is spelled out when printed
 
     def duration(self, doc: Document, path: Path, value: Any, default: float) -> float:
         if value is None:
@@ -341,24 +347,24 @@ class _Builder:
                     inherited_health: dict[str, Any] | None) -> RealServer | None:
         if isinstance(item, str):
             try:
-                addr, port = split_real_server(item, svc_port)
+                addr, port, version, bad = _split_real_server(item, svc_port)
             except ValueError as exc:
                 self.err(doc, path, str(exc))
                 return None
-            raw: dict[str, Any] = {}
+            if bad:
+                self.err(doc, path, f"{addr} is not a unicast address")
+                return None
+            raw: dict[str, Any] = _NO_KEYS
             port_given = port != svc_port
         else:
-            a = self.address(doc, path + ("address",), item["address"])
+            a = self.address(doc, path + ("address",), item["address"])  # a unicast address, or None
             if a is None:
                 return None
             addr = a
+            version = 6 if ":" in a else 4
             raw = item
             port = item.get("port", svc_port)
             port_given = "port" in item
-        canon, version, bad = address_kind(addr)
-        if bad:
-            self.err(doc, path, f"{addr} is not a unicast address")
-            return None
         rs_family = AF_INET6 if version == 6 else AF_INET
         fwd = FORWARD_METHODS[raw["forward"]] if "forward" in raw else forward
         if rs_family != family and fwd != FWD_TUNNEL:
@@ -381,10 +387,15 @@ class _Builder:
             self.err(doc, path, f"lower_threshold {lower} is greater than upper_threshold {upper}")
         if tun[0] and fwd != FWD_TUNNEL:
             tun = (0, 0, 0)
-        attrs = DestAttrs(forward=fwd, weight=weight, u_threshold=upper, l_threshold=lower,
-                          tun_type=tun[0] if fwd == FWD_TUNNEL else 0, tun_port=tun[1] if fwd == FWD_TUNNEL else 0,
-                          tun_flags=tun[2] if fwd == FWD_TUNNEL else 0)
-        attrs = _SHARED_ATTRS.setdefault(attrs, attrs)  # 10k real servers, a handful of distinct values
+        values = (fwd, weight, upper, lower, tun)
+        attrs = _SHARED_ATTRS.get(values)  # 10k real servers, a handful of distinct values
+        if attrs is None:
+            attrs = DestAttrs(forward=fwd, weight=weight, u_threshold=upper, l_threshold=lower,
+                              tun_type=tun[0] if fwd == FWD_TUNNEL else 0,
+                              tun_port=tun[1] if fwd == FWD_TUNNEL else 0,
+                              tun_flags=tun[2] if fwd == FWD_TUNNEL else 0)
+            if type(weight) is int and type(upper) is int and type(lower) is int:  # 3.0 == 3: keep types exact
+                _SHARED_ATTRS[values] = attrs
         health_block = raw.get("health", inherited_health) or NO_HEALTH
         return RealServer(key=DestKey(addr, port), family=rs_family, attrs=attrs, origin=self.origin(doc, path),
                           health=health_block)

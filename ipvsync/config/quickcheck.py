@@ -70,17 +70,40 @@ def compile_schema(schema: Any) -> Check:
         if made is None:
             return _never  # a keyword this checker does not know: leave it to jsonschema
         checks.append(made)
+    return _all_of(checks)
+
+
+def _all_of(checks: list[Check]) -> Check:
+    """One check that holds when every one of `checks` holds (a plain loop: cheaper than all() + genexpr)."""
     if not checks:
         return _always
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(c(v) for c in checks)
+    if len(checks) == 2:
+        a, b = checks
+        return lambda v: a(v) and b(v)
+
+    def every(v: Any) -> bool:
+        for c in checks:
+            if not c(v):
+                return False
+        return True
+    return every
+
+
+_PY_TYPES: dict[str, type | tuple[type, ...]] = {"object": dict, "array": list, "string": str}
+
+
+def _type_check(names: list[str]) -> Check:
+    if len(names) == 1 and names[0] in _PY_TYPES:
+        py = _PY_TYPES[names[0]]
+        return lambda v: isinstance(v, py)
+    return lambda v: any(_is_type(v, n) for n in names)
 
 
 def _keyword(key: str, arg: Any, schema: dict[str, Any]) -> Check | None:
     if key == "type":
-        names = arg if isinstance(arg, list) else [arg]
-        return lambda v: any(_is_type(v, n) for n in names)
+        return _type_check(arg if isinstance(arg, list) else [arg])
     if key == "enum" or key == "const":
         options = arg if key == "enum" else [arg]
         if not all(_plain(o) for o in options):
@@ -115,16 +138,26 @@ def _keyword(key: str, arg: Any, schema: dict[str, Any]) -> Check | None:
             return len({(type(x), x) for x in v}) == len(v)
         return unique
     if key == "required":
-        names = list(arg)
-        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+        required = frozenset(arg)
+        return lambda v: not isinstance(v, dict) or v.keys() >= required
     if key == "properties":
         props = {name: compile_schema(sub) for name, sub in arg.items()}
-        return lambda v: not isinstance(v, dict) or all(c(v[n]) for n, c in props.items() if n in v)
+
+        def properties(v: Any) -> bool:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    c = props.get(k)
+                    if c is not None and not c(x):
+                        return False
+            return True
+        return properties
     if key == "additionalProperties":
-        known = set(schema.get("properties", {}))
+        known = frozenset(schema.get("properties", {}))
         if "patternProperties" in schema:
             return None
-        extra = _never if arg is False else compile_schema(arg)
+        if arg is False:
+            return lambda v: not isinstance(v, dict) or known.issuperset(v)
+        extra = compile_schema(arg)
         return lambda v: not isinstance(v, dict) or all(k in known or extra(x) for k, x in v.items())
     if key == "propertyNames":
         names_ok = compile_schema(arg)
@@ -133,10 +166,16 @@ def _keyword(key: str, arg: Any, schema: dict[str, Any]) -> Check | None:
         if isinstance(arg, list) or "prefixItems" in schema:
             return None
         each = compile_schema(arg)
-        return lambda v: not isinstance(v, list) or all(each(x) for x in v)
+
+        def items(v: Any) -> bool:
+            if isinstance(v, list):
+                for x in v:
+                    if not each(x):
+                        return False
+            return True
+        return items
     if key == "allOf":
-        parts = [compile_schema(s) for s in arg]
-        return lambda v: all(p(v) for p in parts)
+        return _all_of([compile_schema(s) for s in arg])
     if key == "if":
         cond = compile_condition(arg)
         then = compile_schema(schema.get("then", True))
@@ -159,8 +198,7 @@ def compile_condition(schema: Any) -> Check | None:
         if key in ANNOTATIONS:
             continue
         if key == "type":
-            names = arg if isinstance(arg, list) else [arg]
-            parts.append(lambda v, names=names: any(_is_type(v, n) for n in names))
+            parts.append(_type_check(arg if isinstance(arg, list) else [arg]))
         elif key in ("const", "enum"):
             options = arg if key == "enum" else [arg]
             if not all(isinstance(o, str) for o in options):
@@ -180,4 +218,4 @@ def compile_condition(schema: Any) -> Check | None:
                 c(v[n]) for n, c in props.items() if n in v))
         else:
             return None
-    return lambda v: all(p(v) for p in parts)
+    return _all_of(parts)

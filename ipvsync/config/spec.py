@@ -15,13 +15,37 @@ DEFAULT_DRAIN_TIMEOUT = 300.0
 DEFAULT_RECONCILE_INTERVAL = 60.0
 
 
-@dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a desired object was declared."""
+    """Where a desired object was declared: file, line and config path (given as text, or as the
+    path's parts, which are spelled out only when asked for: 10,000 real servers rarely are)."""
 
-    file: str
-    line: int
-    path: str
+    __slots__ = ("file", "line", "_path")
+
+    def __init__(self, file: str, line: int, path: str | tuple[str | int, ...]) -> None:
+        self.file = file
+        self.line = line
+        self._path = path
+
+    @property
+    def path(self) -> str:
+        if not isinstance(self._path, str):
+            from ipvsync.config.load import format_path
+
+            self._path = format_path(self._path)
+        return self._path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Origin):
+            return NotImplemented
+        if self.file != other.file or self.line != other.line:
+            return False
+        return self._path == other._path if type(self._path) is type(other._path) else self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line, self.path))
+
+    def __repr__(self) -> str:
+        return f"Origin({self.file!r}, {self.line!r}, {self.path!r})"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} {self.path}"

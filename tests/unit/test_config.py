@@ -212,3 +212,14 @@ def test_export_round_trip(tmp_path: Path) -> None:
     assert dns6.attrs.flags == SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
     # and export is stable: exporting the re-loaded config gives the same text
     assert export_yaml({s.key: obs(s) for s in back.services}) == text
+
+
+def test_origin_spells_its_path_when_asked_and_compares_either_way() -> None:
+    from ipvsync.config.spec import Origin
+
+    lazy = Origin("f.yaml", 9, ("services", "web", "real_servers", 1))
+    text = Origin("f.yaml", 9, "services.web.real_servers[1]")
+    assert lazy == text and hash(lazy) == hash(text)
+    assert lazy.path == "services.web.real_servers[1]" and str(lazy) == "f.yaml:9 services.web.real_servers[1]"
+    assert lazy != Origin("f.yaml", 10, ("services", "web", "real_servers", 1))
+    assert lazy != Origin("f.yaml", 9, ("services", "web", "real_servers", 2))
