@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--per", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="also cProfile one apply (not timed)")
+    ap.add_argument("--split", action="store_true", help="also time the phases of one apply in one interpreter")
     args = ap.parse_args()
     n, per = args.services, args.per
     work = TMP / "bench-apply"
@@ -165,10 +166,12 @@ def main() -> int:
         pstats.Stats(str(prof), stream=buf).sort_stats("tottime").print_stats(25)
         profile = buf.getvalue()
         (work / "apply-profile.txt").write_text(profile)
-        # the daemon-free in-process split: config load / observe / plan / apply
-        profile_split = in_process_split(fresh(), big, work)
-    else:
-        profile_split = {}
+    profile_split = {}
+    if args.profile or args.split:
+        # the daemon-free in-process split: config load / observe / plan / apply, managed and external
+        profile_split = {"managed": in_process_split(fresh(), big, work),
+                         "external": in_process_split(fresh(), big_ext, work)}
+        log(f"in-process split: {profile_split}")
     for ns in namespaces:
         del_netns(ns)
     save("apply", {"services": n, "real_servers_per_service": per, "reps": args.reps, "runs": res,
