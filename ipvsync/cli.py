@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import os
 import sys
@@ -267,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     args.verbose = getattr(args, "verbose", False)
     handlers = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply, "export": cmd_export,
                 "schema": cmd_schema}
+    collecting = gc.isenabled()
+    if args.command in handlers:
+        # a one-shot command builds a large acyclic object graph (10,000 real servers) and exits:
+        # the cyclic collector would only re-scan it (~10 % of a cold apply); nothing here leaks cycles
+        gc.disable()
     try:
         if args.command in handlers:
             return handlers[args.command](args)
@@ -281,3 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _err(str(exc))
         return EXIT_KERNEL
+    finally:
+        if collecting:
+            gc.enable()  # main() is also called in-process (tests, tools)
