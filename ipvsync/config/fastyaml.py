@@ -162,10 +162,27 @@ class _Reader:
         line = self.lines[self.i][0]
         self.marks.setdefault(path, (line, indent + 1))
         out: list[Any] = []
+        lines, marks = self.lines, self.marks
         while True:
-            _n, ind, body = self.lines[self.i]
+            _n, ind, body = lines[self.i]
             if not body.startswith("- "):
                 raise _Unsure  # "-" alone: an empty or nested item
+            if _WORD_TO_END.fullmatch(body, 2):  # the usual item: "- 198.51.100.1:8080"
+                value, problem = resolve_plain(body[2:])
+                if problem:
+                    raise _Unsure
+                self.nodes += 1
+                marks.setdefault(path + (len(out),), (line, indent + 3))
+                out.append(value)
+                self.i += 1
+                if self.i >= len(lines):
+                    return out
+                line, ind, body = lines[self.i]
+                if ind == indent and body.startswith("-"):
+                    continue
+                if ind < indent or ind == indent:
+                    return out
+                raise _Unsure
             pos = _SPACES.match(body, 2).end()
             ipath = path + (len(out),)
             rest = body[pos:]
