@@ -89,6 +89,8 @@ def main() -> int:
     big_ext.write_text(ipvsync_yaml(n, per, vip_mode="external"))
     one = work / "one.yaml"
     one.write_text(ipvsync_yaml(1, per))
+    one_ext = work / "one-external.yaml"
+    one_ext.write_text(ipvsync_yaml(1, per, vip_mode="external"))
     conf = work / "keepalived.conf"
     conf.write_text(keepalived_conf(n, per))
     rules = work / "ipvsadm.rules"
@@ -97,7 +99,8 @@ def main() -> int:
     namespaces: list[str] = []
 
     res: dict[str, list[float]] = {k: [] for k in (
-        "python_startup", "ipvsync_one_plan", "ipvsync_one_apply", "ipvsadm_restore", "keepalived_load",
+        "python_startup", "ipvsync_one_plan", "ipvsync_one_plan_external", "ipvsync_one_apply", "ipvsadm_restore",
+        "keepalived_load",
         "ipvsync_apply_managed", "ipvsync_apply_external", "ipvsync_noop_plan")}
 
     def fresh() -> str:
@@ -116,6 +119,9 @@ def main() -> int:
         t, p = timed(ipvsync_argv(ns, work / ns, "plan", "--configured", "--exit-code", "-c", str(one)))
         assert p.returncode == 0, p.stdout + p.stderr
         res["ipvsync_one_plan"].append(t)
+        t, p = timed(ipvsync_argv(ns, work / ns, "plan", "--configured", "--exit-code", "-c", str(one_ext)))
+        assert p.returncode in (0, 3), p.stdout + p.stderr
+        res["ipvsync_one_plan_external"].append(t)
 
         ns = fresh()
         t, p = timed(nsexec(ns, ["ipvsadm", "-R"]), stdin=open(rules))
@@ -149,6 +155,9 @@ def main() -> int:
         "apply_external_minus_fixed_over_keepalived": (med["ipvsync_apply_external"] - fixed) / ka,
         "apply_managed_over_keepalived": med["ipvsync_apply_managed"] / ka,
         "noop_plan_minus_fixed_over_keepalived": (med["ipvsync_noop_plan"] - fixed) / ka,
+        # the stricter fixed cost for the IPVS-only apply: a one-service plan of an IPVS-only config
+        "apply_external_minus_fixed_external_over_keepalived":
+            (med["ipvsync_apply_external"] - med["ipvsync_one_plan_external"]) / ka,
         "ipvsadm_restore_over_keepalived": med["ipvsadm_restore"] / ka,
     }
     profile = ""
@@ -174,6 +183,14 @@ def main() -> int:
         log(f"in-process split: {profile_split}")
     for ns in namespaces:
         del_netns(ns)
+    # the same ratios within each rep (one time window each: robust to the host slowing down between reps)
+    per_rep = [{"managed": (res["ipvsync_apply_managed"][r] - res["ipvsync_one_plan"][r]) / res["keepalived_load"][r],
+                "external": (res["ipvsync_apply_external"][r] - res["ipvsync_one_plan_external"][r])
+                / res["keepalived_load"][r]} for r in range(args.reps)]
+    ratios["per_rep"] = per_rep
+    ratios["median_of_per_rep_external"] = median([r["external"] for r in per_rep])
+    ratios["median_of_per_rep_managed"] = median([r["managed"] for r in per_rep])
+    log(f"ratios: {ratios}")
     save("apply", {"services": n, "real_servers_per_service": per, "reps": args.reps, "runs": res,
                    "median": med, "ratios": ratios, "profile_split": profile_split, "profile": profile})
     return 0
