@@ -169,6 +169,7 @@ class Daemon:
         self.wakeup = asyncio.Event()
         self.pending: set[str] = set()
         self.writing: set[str] = set()  # config files modified in place and not closed yet
+        self.close_events = True  # the file watch reports IN_CLOSE_WRITE (watchdog >= 2.1: FileClosedEvent)
         self.vanished: set[str] = set()  # config files an event saw moved or deleted since the last reload
         self.stopping = False
         self.failures = 0
@@ -231,6 +232,22 @@ class Daemon:
         before its rename) never waits."""
         now = time.time_ns()
         return any(key[0] == self._read_inodes.get(f) and now - key[3] < SETTLE * 1e9
+                   for f, (key, _d) in self._file_stats.items())
+
+    def _mid_write(self) -> bool:
+        """Whether the sources the last digest saw may be half written, so that a check a file event
+        (or the poll) woke must look again before judging them:
+        - a source modified and not closed yet (inotify IN_CLOSE_WRITE, when watchdog reports it);
+        - a source written in place within SETTLE (a burst of writes still going on);
+        - an empty source changed within WRITE_WAIT: a writer that truncated it (open O_TRUNC: cp,
+          `>`) may be paused before its write, far longer than SETTLE on a loaded machine. One that
+          stays empty is judged (and refused) once quiet for WRITE_WAIT.
+        Never asked for `ipvsync reload` or SIGHUP, which judge the file as it is, at once."""
+        if self.writing and self.close_events:
+            return True
+        now = time.time_ns()
+        return any((key[0] == self._read_inodes.get(f) and now - key[3] < SETTLE * 1e9)
+                   or (key[1] == 0 and now - key[3] < WRITE_WAIT * 1e9)
                    for f, (key, _d) in self._file_stats.items())
 
     _unread: set[str] = set()  # sources the last digest took on trust (stat unchanged)
@@ -444,15 +461,39 @@ class Daemon:
 
         `digest`: the sources' raw digest when the caller has just computed it."""
         async with self.reload_lock:
-            self.notifier.reloading()
-            outcome = self._reload(why, digest, trust_stat)
-            if outcome.code == 0:
-                settle_heap()
-            self.last_reload = outcome
-            key = {0: "reloads_applied", 1: "reloads_rejected"}.get(outcome.code, "reloads_rolled_back")
-            self.counters[key] += 1
-            self.notifier.ready(self.status_line())
-            return outcome
+            return self._reload_locked(why, digest, trust_stat)
+
+    def _reload_locked(self, why: str, digest: str | None, trust_stat: bool) -> ReloadOutcome:
+        """reload() with reload_lock held (no await: nothing else runs between the digest and the read)."""
+        self.notifier.reloading()
+        outcome = self._reload(why, digest, trust_stat)
+        if outcome.code == 0:
+            settle_heap()
+        self.last_reload = outcome
+        key = {0: "reloads_applied", 1: "reloads_rejected"}.get(outcome.code, "reloads_rolled_back")
+        self.counters[key] += 1
+        self.notifier.ready(self.status_line())
+        return outcome
+
+    async def reload_if_changed(self, trust: bool) -> None:
+        """The check a file event or the poll asks for: reload when the sources' digest changed.
+
+        A save by rename is read at once; one in place only once its writer is done (_mid_write),
+        waiting at most WRITE_WAIT: its events may still be on the way. The digest and the read are
+        made under reload_lock with no await between them: a check that waited for the lock (an
+        `ipvsync reload` or SIGHUP was running) looks at the files again instead of reading, long
+        after its digest, a file being written meanwhile. The waits are made without the lock: an
+        explicit reload answers at once."""
+        deadline = time.monotonic() + WRITE_WAIT
+        while True:
+            async with self.reload_lock:
+                digest = self.compute_raw_digest(trust_stat=trust)
+                if digest == self.raw_digest:  # nothing changed, or an in-place rewrite with the same bytes
+                    return
+                if not self._mid_write() or time.monotonic() >= deadline:
+                    self._reload_locked("file changed", digest, trust)
+                    return
+            await asyncio.sleep(SETTLE)
 
     def _reload(self, why: str, digest: str | None = None, trust_stat: bool = False) -> ReloadOutcome:
         now = time.time()
@@ -600,14 +641,7 @@ class Daemon:
         reasons = set(self.pending)
         self.pending.clear()
         if "file" in reasons or "poll" in reasons:
-            trust = "poll" not in reasons
-            digest = self.compute_raw_digest(trust_stat=trust)
-            if digest != self.raw_digest:
-                deadline = time.monotonic() + WRITE_WAIT
-                while self._written_in_place_now() and time.monotonic() < deadline:
-                    await asyncio.sleep(SETTLE)  # its event may still be on the way: wait until it is quiet
-                    digest = self.compute_raw_digest(trust_stat=trust)
-                await self.reload("file changed", digest, trust)
+            await self.reload_if_changed(trust="poll" not in reasons)
             reasons -= {"file", "poll"}
         if not reasons or self.config is None:
             return
@@ -880,12 +914,16 @@ class Daemon:
 
     def start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
+            from watchdog import events
             from watchdog.events import FileSystemEventHandler
             from watchdog.observers import Observer
         except ImportError:
             log.warning("watchdog is not installed: config changes are noticed by the %g s poll only",
                         POLL_INTERVAL)
             return
+        # without close events (watchdog < 2.1) a modified file would count as being written until
+        # WRITE_WAIT ran out; the stat-based waits (_mid_write) then stand alone
+        self.close_events = hasattr(events, "FileClosedEvent")
         daemon = self
 
         class Handler(FileSystemEventHandler):  # type: ignore[misc]
@@ -919,7 +957,8 @@ class Daemon:
             path = os.path.abspath(path)
         if path and (path in self._known_sources or path == self.config_path):
             if kind == "modified" or (kind == "created" and os.path.isfile(path) and not os.path.islink(path)):
-                self.writing.add(path)
+                if self.close_events:  # else nothing would ever say the writer closed it
+                    self.writing.add(path)
             elif kind in ("closed", "deleted", "moved"):
                 self.writing.discard(path)
                 if kind != "closed":

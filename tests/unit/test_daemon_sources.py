@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ipvsync.daemon import Daemon
 
+SETTLE_PAST = 0.06
 MAIN = "version: 1\ninclude: [conf.d/*.yaml]\nservices: {}\n"
 
 
@@ -151,3 +153,195 @@ def test_a_fifo_in_place_of_the_config_never_blocks_the_check(tmp_path: Path) ->
     t.start()
     t.join(5)
     assert done, "compute_raw_digest blocked on a FIFO"
+
+
+# -- in-place saves seen half done: the check a file event wakes waits for the writer ----------------
+
+
+def recording_reload(d: Daemon) -> list[object]:
+    """Replace the daemon's reload (lock held) by what it does up to the kernel: read the sources
+    the digest saw. Each call records the Config read, or the ConfigInvalid a real reload would log
+    as a rejection."""
+    from ipvsync.config.load import ConfigInvalid
+
+    calls: list[object] = []
+
+    def reload(why: str, digest: str | None = None, trust_stat: bool = False) -> None:
+        d.raw_digest = digest or d.compute_raw_digest()
+        try:
+            d.config = d.read_config(trust_stat and digest is not None)
+        except ConfigInvalid as exc:
+            calls.append(exc)
+            return
+        d._read_stats = d._file_stats
+        calls.append(d.config)
+
+    d._reload_locked = reload  # type: ignore[method-assign,assignment]
+    return calls
+
+
+def test_truncate_then_a_late_write_is_not_judged_empty(tmp_path: Path) -> None:
+    """A writer truncates a source (open O_TRUNC, as cp and `>` do) and writes 300 ms later (a
+    loaded machine); a check woken meanwhile (the truncate's event, a late one, the poll) must not
+    read the empty file and reject it: it waits for the content and applies it."""
+    import asyncio
+
+    d, root = make_daemon(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    calls = recording_reload(d)
+    f = root / "conf.d" / "p0.yaml"
+
+    async def main() -> None:
+        fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+
+        async def writer() -> None:
+            await asyncio.sleep(0.3)
+            os.write(fd, part(0, weight=6).encode())
+            os.close(fd)
+
+        d.kick("file")
+        await asyncio.gather(d.tick(), writer())
+
+    asyncio.run(main())
+    assert len(calls) == 1 and not isinstance(calls[0], Exception), calls
+    assert weight(d, "s0") == 6
+
+
+def test_truncated_main_file_written_later_is_applied(tmp_path: Path) -> None:
+    """The same with the main file and an inotify IN_MODIFY (the truncate) that has no close yet."""
+    import asyncio
+
+    d, root = make_daemon(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    calls = recording_reload(d)
+    main_file = root / "ipvsync.yaml"
+    new = MAIN.replace("services: {}", "services: {}\nreconcile_interval: 7")
+
+    async def main() -> None:
+        fd = os.open(main_file, os.O_WRONLY | os.O_TRUNC)
+        d.file_event("modified", str(main_file))
+
+        async def writer() -> None:
+            await asyncio.sleep(0.3)
+            os.write(fd, new.encode())
+            os.close(fd)
+            await asyncio.sleep(0.2)  # the IN_CLOSE_WRITE comes late (a loaded machine)
+            d.file_event("closed", str(main_file))
+
+        d.writing.clear()  # as loop() leaves it: the check runs with the writer's close still to come
+        await asyncio.gather(d.tick(), writer())
+
+    asyncio.run(main())
+    assert len(calls) == 1 and not isinstance(calls[0], Exception), calls
+    assert d.config is not None and d.config.reconcile_interval == 7
+
+
+def test_a_check_that_waited_for_an_explicit_reload_looks_again(tmp_path: Path) -> None:
+    """A check woken by a rename save finds `ipvsync reload` (or SIGHUP) running; by the time it
+    gets the reload lock the file is being rewritten in place (truncated, written 300 ms later).
+    It must not read it with the digest it took before the wait: it looks again and waits."""
+    import asyncio
+    import time
+
+    d, root = make_daemon(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    time.sleep(SETTLE_PAST)
+    calls = recording_reload(d)
+    f = root / "conf.d" / "p0.yaml"
+    tmp = root / "conf.d" / ".p0.tmp"
+    tmp.write_text(part(0, weight=2))
+    os.replace(tmp, f)
+
+    async def main() -> None:
+        async def explicit_reload() -> None:
+            async with d.reload_lock:
+                await asyncio.sleep(0.2)
+
+        async def writer() -> None:
+            await asyncio.sleep(0.1)
+            fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+            await asyncio.sleep(0.3)
+            os.write(fd, part(0, weight=8).encode())
+            os.close(fd)
+
+        d.kick("file")
+        await asyncio.gather(explicit_reload(), d.tick(), writer())
+
+    asyncio.run(main())
+    assert calls and not any(isinstance(c, Exception) for c in calls), calls
+    assert weight(d, "s0") == 8
+
+
+def test_a_file_emptied_for_good_is_still_judged(tmp_path: Path, monkeypatch: Any) -> None:
+    """An emptied source that stays empty is judged (and refused) once it has been quiet for the
+    write wait: not at once, not never."""
+    import asyncio
+    import time
+
+    from ipvsync import daemon as daemon_mod
+    from ipvsync.config.load import ConfigInvalid
+
+    monkeypatch.setattr(daemon_mod, "WRITE_WAIT", 0.4)
+    d, root = make_daemon(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    calls = recording_reload(d)
+    (root / "ipvsync.yaml").write_text("")
+    d.kick("file")
+    t0 = time.monotonic()
+    asyncio.run(d.tick())
+    took = time.monotonic() - t0
+    assert len(calls) == 1 and isinstance(calls[0], ConfigInvalid), calls
+    assert "the file is empty" in str(calls[0].errors[0])
+    assert 0.3 <= took < 2.0, took
+
+
+def test_a_rename_save_is_acted_on_at_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """A save by rename is complete when seen: no settle wait at all."""
+    import asyncio
+    import time
+
+    d, root = make_daemon(tmp_path)
+    d._read_inodes = {f: key[0] for f, (key, _d) in d._file_stats.items()}
+    calls = recording_reload(d)
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *a: Any, **kw: Any) -> Any:
+        sleeps.append(delay)
+        return await real_sleep(delay, *a, **kw)
+
+    time.sleep(SETTLE_PAST)  # make_daemon's own writes are older than the in-place settle window
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    tmp = root / "conf.d" / ".p1.tmp"
+    tmp.write_text(part(1, weight=3))
+    os.replace(tmp, root / "conf.d" / "p1.yaml")
+    d.file_event("moved", str(tmp))  # watchdog's view of a rename-over: moved, from the temp file
+    asyncio.run(d.tick())
+    assert sleeps == [] and len(calls) == 1 and weight(d, "s1") == 3
+
+
+def test_an_explicit_reload_of_an_empty_file_answers_at_once(tmp_path: Path) -> None:
+    """`ipvsync reload` and SIGHUP judge the file as it is: no write wait."""
+    import asyncio
+    import time
+
+    d, root = make_daemon(tmp_path)
+    (root / "ipvsync.yaml").write_text("")
+    t0 = time.monotonic()
+    outcome = asyncio.run(d.reload("ipvsync reload"))
+    assert outcome.code == 1 and "the file is empty" in outcome.errors[0]
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_without_close_events_a_modified_file_is_not_held_as_written(tmp_path: Path) -> None:
+    """A watchdog without FileClosedEvent never says a writer closed the file: a modified source is
+    then not held as being written (that would cost WRITE_WAIT per save); a moved one still vanishes."""
+    d, root = make_daemon(tmp_path)
+    d.close_events = False
+    d.file_event("modified", str(root / "ipvsync.yaml"))
+    assert d.writing == set()
+    d.file_event("moved", str(root / "conf.d" / "p0.yaml"))
+    assert str(root / "conf.d" / "p0.yaml") in d.vanished
+    d.close_events = True
+    d.file_event("modified", str(root / "ipvsync.yaml"))
+    assert d.writing == {str(root / "ipvsync.yaml")}
