@@ -57,7 +57,7 @@ def address_kind(text: str) -> tuple[str, int, str]:
         except OSError:
             raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from None
         bad = "unspecified" if packed == b"\0\0\0\0" else "multicast" if 224 <= packed[0] <= 239 else ""
-        return socket.inet_ntop(socket.AF_INET, packed), 4, bad
+        return text, 4, bad  # what inet_pton accepts is already canonical (no second string per address)
     ip = ipaddress.ip_address(text)
     bad = "unspecified" if ip.is_unspecified else "multicast" if ip.is_multicast else ""
     return str(ip), ip.version, bad
@@ -126,9 +126,15 @@ def _split_real_server(text: str, default_port: int) -> tuple[str, int, int, str
         raise ValueError(f"{addr!r} is not an IPv4 or IPv6 address") from None
     if port_text == "":
         return canon, default_port, version, bad
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
-    return canon, int(port_text), version, bad
+    port = _PORTS.get(port_text)
+    if port is None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port {port_text!r} must be a number from 1 to 65535")
+        port = _PORTS.setdefault(port_text, int(port_text)) if len(_PORTS) < 4096 else int(port_text)
+    return canon, port, version, bad
+
+
+_PORTS: dict[str, int] = {}  # "8080" -> one int object for all 10,000 real servers on that port
 
 
 class _Builder:
