@@ -147,7 +147,7 @@ class _Builder:
         self.errors.append(doc.error(path, msg))
 
     def origin(self, doc: Document, path: Path) -> Origin:
-        return Origin(doc.file, doc.where(path)[0], path)  # the path is spelled out when printed
+        return Origin(doc.file, doc.line_of(path), path)  # the path is spelled out when printed
 
     def duration(self, doc: Document, path: Path, value: Any, default: float) -> float:
         if value is None:
@@ -539,7 +539,7 @@ def load_config(path: str, cache: dict[str, tuple[str, Document]] | None = None,
                 b.err(doc, spath, f"duplicate service name {name!r} (first defined at {names[name][0]}:"
                                   f"{names[name][1]})")
                 continue
-            line = doc.where(spath)[0]
+            line = doc.line_of(spath)
             names[name] = (doc.file, line)
             hit = last.get(id(raw))
             if hit is not None and hit[0] is raw and hit[1] == (line, name, defaults_json):

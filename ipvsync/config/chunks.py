@@ -32,19 +32,36 @@ _LOADER = getattr(yaml, "CBaseLoader", yaml.SafeLoader)
 
 @dataclass(frozen=True)
 class Chunk:
-    """One service's parse: its name, value and marks (absolute lines for chunk start `line0`)."""
+    """One service's parse: its name, value and marks (absolute lines for chunk start `line0`).
+
+    A chunk read by config.fastyaml keeps no marks (None) until they are asked for (an error, a
+    test): it keeps its text, and the lines of its name and real servers for the model's origins.
+    3 MB of marks for 1000 x 10 were most of a cold load's new pages."""
 
     line0: int  # 0-based line of the chunk's first line
     name: str
     value: Any
-    marks: dict[Path, tuple[int, int]]
+    marks: dict[Path, tuple[int, int]] | None
+    nodes: int = 0  # YAML values inside (the alias-bomb budget)
+    text: str = ""  # with marks None: the text they are read from
+    rs_lines: tuple[int, ...] = ()  # with marks None: the name's, then each real server's line - (line0 + 1)
 
     def at(self, line0: int) -> Chunk:
         """The same parse for the chunk now starting at `line0` (lines above it were added/removed)."""
         if line0 == self.line0:
             return self
+        if self.marks is None:
+            return Chunk(line0, self.name, self.value, None, self.nodes, self.text, self.rs_lines)
         d = line0 - self.line0
-        return Chunk(line0, self.name, self.value, {p: (ln + d, c) for p, (ln, c) in self.marks.items()})
+        return Chunk(line0, self.name, self.value, {p: (ln + d, c) for p, (ln, c) in self.marks.items()}, self.nodes)
+
+    def read_marks(self) -> dict[Path, tuple[int, int]]:
+        """The marks (read again from the text when they were not kept)."""
+        if self.marks is not None:
+            return self.marks
+        got = read_service(self.text, self.line0)
+        assert got is not None, "a text the fast reader read once reads again"
+        return got[2] or {}
 
 
 def _bounds(text: str) -> tuple[int, int, int, list[int]] | None:
@@ -81,10 +98,10 @@ def _compose(text: str) -> yaml.Node | None:
 
 
 def _parse_chunk(text: str, file: str, line0: int) -> tuple[Chunk, int] | None:
-    fast = read_service(text, line0)  # the common plain shapes, without libyaml
+    fast = read_service(text, line0, marks=False)  # the common plain shapes, without libyaml
     if fast is not None:
-        name, value, marks, used = fast
-        return Chunk(line0, name, value, marks), used
+        name, value, _marks, used, rs_lines = fast
+        return Chunk(line0, name, value, None, used, text, tuple(rs_lines)), used
     return _parse_chunk_libyaml(text, file, line0)
 
 
@@ -103,7 +120,7 @@ def _parse_chunk_libyaml(text: str, file: str, line0: int) -> tuple[Chunk, int] 
         return None
     doc.marks.pop(("services",), None)
     (name, value), = data.items()
-    return Chunk(line0, name, value, doc.marks), budget[0]
+    return Chunk(line0, name, value, doc.marks, budget[0]), budget[0]
 
 
 def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk]) -> Document | None:
@@ -115,7 +132,8 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
     bounds = starts + [end]
     chunks: dict[str, Chunk] = {}
     services: dict[str, Any] = {}
-    marks: dict[str, dict[Path, tuple[int, int]]] = {}
+    marks: dict[str, Any] = {}
+    lines: dict[str, tuple[int, tuple[int, ...]]] = {}
     line = text.count("\n", 0, starts[0])
     nodes = 1
     pos = starts[0]
@@ -126,7 +144,7 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
         old = previous.get(piece)
         if old is not None:
             chunk = old.at(line)
-            nodes += len(chunk.marks)
+            nodes += chunk.nodes
         else:
             parsed = _parse_chunk(piece, file, line)
             if parsed is None:
@@ -136,7 +154,11 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
         if chunk.name in services:
             return None  # duplicate service: the full parse words that error
         services[chunk.name] = chunk.value
-        marks[chunk.name] = chunk.marks
+        if chunk.marks is None:
+            marks[chunk.name] = chunk.read_marks  # read when first asked for
+            lines[chunk.name] = (chunk.line0 + 1, chunk.rs_lines)
+        else:
+            marks[chunk.name] = chunk.marks
         if "*" not in piece:  # an alias's value depends on another chunk: never reuse it
             chunks[piece] = chunk
     n_block = text.count("\n", start, end)
@@ -156,6 +178,7 @@ def parse_services_incrementally(text: str, file: str, previous: dict[str, Chunk
         return None
     data["services"] = services
     head.service_marks = marks
+    head.entry_lines = lines
     head.data = data
     head.chunks = chunks
     return head

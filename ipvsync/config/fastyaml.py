@@ -38,8 +38,18 @@ class _Unsure(Exception):
     """The text is not in the subset: the caller parses it with libyaml."""
 
 
+class _NoMarks(dict):  # type: ignore[type-arg]
+    """A marks mapping that keeps nothing (a first read that leaves the marks for later)."""
+
+    def __setitem__(self, key: Path, value: tuple[int, int]) -> None:
+        pass
+
+    def setdefault(self, key: Path, default: tuple[int, int] | None = None) -> tuple[int, int] | None:  # type: ignore[override]
+        return default
+
+
 class _Reader:
-    def __init__(self, text: str, line0: int) -> None:
+    def __init__(self, text: str, line0: int, keep_marks: bool = True) -> None:
         # content lines: (1-based line, indentation, text without the indentation)
         self.lines: list[tuple[int, int, str]] = []
         for n, raw in enumerate(text.split("\n"), line0 + 1):
@@ -47,8 +57,10 @@ class _Reader:
             if body and body[0] != "#":
                 self.lines.append((n, len(raw) - len(body), body))
         self.i = 0
-        self.marks: Marks = {}
+        self.line0 = line0
+        self.marks: Marks = {} if keep_marks else _NoMarks()
         self.nodes = 0
+        self.rs_lines: list[int] = []  # the line of each real_servers item, relative to the name's line
 
     # -- inline values (the rest of a line) ----------------------------------------------------------
 
@@ -163,8 +175,12 @@ class _Reader:
         self.marks.setdefault(path, (line, indent + 1))
         out: list[Any] = []
         lines, marks = self.lines, self.marks
+        record = self.rs_lines if len(path) == 3 and path[2] == "real_servers" else None
+        base = self.line0 + 1
         while True:
             _n, ind, body = lines[self.i]
+            if record is not None:
+                record.append(line - base)
             if not body.startswith("- "):
                 raise _Unsure  # "-" alone: an empty or nested item
             if _WORD_TO_END.fullmatch(body, 2):  # the usual item: "- 198.51.100.1:8080"
@@ -202,12 +218,14 @@ class _Reader:
                 raise _Unsure
 
 
-def read_service(text: str, line0: int) -> tuple[str, Any, Marks, int] | None:
+def read_service(text: str, line0: int, marks: bool = True) -> tuple[str, Any, Marks | None, int, list[int]] | None:
     """One `name: {...}` service entry (its text, first line at 0-based `line0`) read without libyaml:
-    (name, value, marks under ("services",), nodes) exactly as the libyaml path gives them, or None."""
+    (name, value, marks under ("services",), nodes, lines) exactly as the libyaml path gives them,
+    or None. `lines`: the name's line and then each real_servers item's line, all minus `line0` + 1.
+    marks=False: no marks (None), to be read again from the text when asked for."""
     if _ODD.search(text):
         return None
-    reader = _Reader(text, line0)
+    reader = _Reader(text, line0, marks)
     if not reader.lines:
         return None
     line, indent, body = reader.lines[0]
@@ -217,6 +235,9 @@ def read_service(text: str, line0: int) -> tuple[str, Any, Marks, int] | None:
         return None
     if reader.i != len(reader.lines) or len(value) != 1:
         return None
-    reader.marks.pop(("services",), None)
     (name, inner), = value.items()
-    return name, inner, reader.marks, reader.nodes
+    reader.rs_lines.insert(0, line - (line0 + 1))  # the name's own line first
+    if not marks:
+        return name, inner, None, reader.nodes, reader.rs_lines
+    reader.marks.pop(("services",), None)
+    return name, inner, reader.marks, reader.nodes, reader.rs_lines

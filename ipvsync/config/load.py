@@ -55,14 +55,19 @@ class Document:
     data: Any
     marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     chunks: dict[str, Any] = field(default_factory=dict)  # services-block text -> Chunk (config.chunks)
-    # service name -> marks under ("services", name), when kept per service (config.chunks)
-    service_marks: dict[str, dict[Path, tuple[int, int]]] = field(default_factory=dict)
+    # service name -> marks under ("services", name), when kept per service (config.chunks); a
+    # function returning them when they are read only when asked for
+    service_marks: dict[str, Any] = field(default_factory=dict)
+    # service name -> (base line, (its name's line, its real_servers items' lines) minus base): lazy marks
+    entry_lines: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
     def where(self, path: Path) -> tuple[int, int]:
         """Line/column of the value at `path`, or of its nearest ancestor."""
         p = tuple(path)
         if len(p) >= 2 and p[0] == "services" and p[1] in self.service_marks:
             sub = self.service_marks[p[1]]
+            if not isinstance(sub, dict):
+                sub = self.service_marks[p[1]] = sub()
             while len(p) >= 2:
                 if p in sub:
                     return sub[p]
@@ -73,10 +78,25 @@ class Document:
             p = p[:-1]
         return self.marks.get((), (1, 1))
 
+    def line_of(self, path: Path) -> int:
+        """where(path)[0], without reading lazily kept marks for a service or one of its real servers."""
+        if len(path) in (2, 4) and path[0] == "services":
+            lines = self.entry_lines.get(path[1])  # type: ignore[arg-type]
+            if lines is not None:
+                if len(path) == 2:
+                    return lines[0] + lines[1][0]
+                i = path[3]
+                if path[2] == "real_servers" and type(i) is int and 0 <= i < len(lines[1]) - 1:
+                    return lines[0] + lines[1][i + 1]
+        return self.where(path)[0]
+
     def all_marks(self) -> dict[Path, tuple[int, int]]:
         """Every mark in one mapping (tests and tools; `where` is the lookup)."""
         out = dict(self.marks)
-        for sub in self.service_marks.values():
+        for name in list(self.service_marks):
+            sub = self.service_marks[name]
+            if not isinstance(sub, dict):
+                sub = self.service_marks[name] = sub()
             out.update(sub)
         return out
 

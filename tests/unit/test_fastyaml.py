@@ -60,8 +60,17 @@ def slow(text: str, line0: int) -> Any:
 def fast(text: str, line0: int) -> Any:
     got = read_service(text, line0)
     if got is None:
+        assert read_service(text, line0, marks=False) is None
         return None
-    name, value, marks, used = got
+    name, value, marks, used, rs_lines = got
+    assert marks is not None
+    # the first read of the daemon keeps no marks, only the lines of the name and the real servers
+    lazy = read_service(text, line0, marks=False)
+    assert lazy is not None and lazy[2] is None
+    assert (lazy[0], typed(lazy[1]), lazy[3], lazy[4]) == (name, typed(value), used, rs_lines)
+    assert marks[("services", name)][0] == line0 + 1 + rs_lines[0]
+    for i, rel in enumerate(rs_lines[1:]):
+        assert marks[("services", name, "real_servers", i)][0] == line0 + 1 + rel
     return name, typed(value), marks, used
 
 
@@ -71,6 +80,26 @@ def test_plain_shapes_are_read_and_equal_libyaml(text: str) -> None:
         got = fast(text, line0)
         assert got is not None, text
         assert got == slow(text, line0)
+        value = read_service(text, line0)[1]  # type: ignore[index]
+        rs = value.get("real_servers")
+        if isinstance(rs, list) and rs and "real_servers: [" not in text:  # a block list: every line kept
+            assert len(read_service(text, line0)[4]) == len(rs) + 1  # type: ignore[index]
+
+
+def test_lazy_marks_through_the_document() -> None:
+    """A cold chunked parse keeps no marks; where(), line_of() and all_marks() give a full parse's."""
+    from ipvsync.config.chunks import parse_services_incrementally
+    from ipvsync.config.load import parse
+
+    text = "version: 1\nservices:\n" + "".join(PLAIN[:-1]) + "  last:\n    vip: 192.0.2.99\n    port: 1\n"
+    eager = parse(text, "f.yaml")
+    lazy = parse_services_incrementally(text, "f.yaml", {})
+    assert lazy is not None and lazy.entry_lines and not any(isinstance(m, dict) for m in lazy.service_marks.values())
+    for path in eager.all_marks():
+        if len(path) in (2, 4) and path[0] == "services":
+            assert lazy.line_of(path) == eager.where(path)[0], path
+    assert lazy.where(("services", "dns", "real_servers", 1)) == eager.where(("services", "dns", "real_servers", 1))
+    assert lazy.all_marks() == eager.all_marks()
 
 
 def test_indentless_sequence_steps_aside() -> None:
