@@ -243,12 +243,10 @@ class Daemon:
           `>`) may be paused before its write, far longer than SETTLE on a loaded machine. One that
           stays empty is judged (and refused) once quiet for WRITE_WAIT.
         Never asked for `ipvsync reload` or SIGHUP, which judge the file as it is, at once."""
-        if self.writing and self.close_events:
+        if (self.writing and self.close_events) or self._written_in_place_now():
             return True
         now = time.time_ns()
-        return any((key[0] == self._read_inodes.get(f) and now - key[3] < SETTLE * 1e9)
-                   or (key[1] == 0 and now - key[3] < WRITE_WAIT * 1e9)
-                   for f, (key, _d) in self._file_stats.items())
+        return any(key[1] == 0 and now - key[3] < WRITE_WAIT * 1e9 for key, _d in self._file_stats.values())
 
     _unread: set[str] = set()  # sources the last digest took on trust (stat unchanged)
 

@@ -85,46 +85,38 @@ class _Reader:
         c = text[pos:pos + 1]
         if c == "[":
             out: list[Any] = []
-            pos = _SPACES.match(text, pos + 1).end()
-            if text.startswith("]", pos):
-                return out, pos + 1
-            while True:
+            pos, done = _flow_next(text, pos + 1, "]", first=True)
+            while not done:
                 value, pos = self.inline(text, pos, line, col0, path + (len(out),), True)
                 out.append(value)
-                pos = _SPACES.match(text, pos).end()
-                if text.startswith("]", pos):
-                    return out, pos + 1
-                if not text.startswith(", ", pos):
-                    raise _Unsure
-                pos = _SPACES.match(text, pos + 1).end()
+                pos, done = _flow_next(text, pos, "]")
+            return out, pos
         if c == "{":
             mapping: dict[str, Any] = {}
-            pos = _SPACES.match(text, pos + 1).end()
-            if text.startswith("}", pos):
-                return mapping, pos + 1
-            while True:
+            pos, done = _flow_next(text, pos + 1, "}", first=True)
+            while not done:
                 m = _FLOW_KEY.match(text, pos)
                 if m is None or m.group(1) in mapping:
                     raise _Unsure
                 key = m.group(1)
                 self.marks[path + (key,)] = (line, col0 + pos + 1)
                 mapping[key], pos = self.inline(text, m.end(), line, col0, path + (key,), True)
-                pos = _SPACES.match(text, pos).end()
-                if text.startswith("}", pos):
-                    return mapping, pos + 1
-                if not text.startswith(", ", pos):
-                    raise _Unsure
-                pos = _SPACES.match(text, pos + 1).end()
+                pos, done = _flow_next(text, pos, "}")
+            return mapping, pos
         return self.scalar(text, pos, flow)
+
+    def word(self, text: str, pos: int, line: int, col0: int, path: Path) -> Any:
+        """The value of text[pos:], one plain word (a _WORD_TO_END match)."""
+        value, problem = resolve_plain(text[pos:])
+        if problem:
+            raise _Unsure
+        self.nodes += 1
+        self.marks.setdefault(path, (line, col0 + pos + 1))
+        return value
 
     def line_value(self, text: str, pos: int, line: int, col0: int, path: Path) -> Any:
         if _WORD_TO_END.fullmatch(text, pos):  # the usual case: one plain word, nothing after it
-            value, problem = resolve_plain(text[pos:])
-            if problem:
-                raise _Unsure
-            self.nodes += 1
-            self.marks.setdefault(path, (line, col0 + pos + 1))
-            return value
+            return self.word(text, pos, line, col0, path)
         value, end = self.inline(text, pos, line, col0, path, False)
         if not _REST.match(text, end):
             raise _Unsure
@@ -174,7 +166,7 @@ class _Reader:
         line = self.lines[self.i][0]
         self.marks.setdefault(path, (line, indent + 1))
         out: list[Any] = []
-        lines, marks = self.lines, self.marks
+        lines = self.lines
         record = self.rs_lines if len(path) == 3 and path[2] == "real_servers" else None
         base = self.line0 + 1
         while True:
@@ -183,39 +175,40 @@ class _Reader:
                 record.append(line - base)
             if not body.startswith("- "):
                 raise _Unsure  # "-" alone: an empty or nested item
-            if _WORD_TO_END.fullmatch(body, 2):  # the usual item: "- 198.51.100.1:8080"
-                value, problem = resolve_plain(body[2:])
-                if problem:
-                    raise _Unsure
-                self.nodes += 1
-                marks.setdefault(path + (len(out),), (line, indent + 3))
-                out.append(value)
-                self.i += 1
-                if self.i >= len(lines):
-                    return out
-                line, ind, body = lines[self.i]
-                if ind == indent and body.startswith("-"):
-                    continue
-                if ind < indent or ind == indent:
-                    return out
-                raise _Unsure
-            pos = _SPACES.match(body, 2).end()
             ipath = path + (len(out),)
-            rest = body[pos:]
-            if (": " in rest or rest.endswith(":")) and _KEY.match(rest):
-                # a mapping in the item: its keys sit at the column of the first one
-                self.lines[self.i] = (line, indent + pos, rest)
-                out.append(self.mapping(indent + pos, ipath, rest, 0))
-            else:
-                out.append(self.line_value(body, pos, line, indent, ipath))
+            if _WORD_TO_END.fullmatch(body, 2):  # the usual item: "- 198.51.100.1:8080"
+                out.append(self.word(body, 2, line, indent, ipath))
                 self.i += 1
-            if self.i >= len(self.lines):
+            else:
+                pos = _SPACES.match(body, 2).end()
+                rest = body[pos:]
+                if (": " in rest or rest.endswith(":")) and _KEY.match(rest):
+                    # a mapping in the item: its keys sit at the column of the first one
+                    lines[self.i] = (line, indent + pos, rest)
+                    out.append(self.mapping(indent + pos, ipath, rest, 0))
+                else:
+                    out.append(self.line_value(body, pos, line, indent, ipath))
+                    self.i += 1
+            if self.i >= len(lines):
                 return out
-            line, ind, body = self.lines[self.i]
+            line, ind, body = lines[self.i]
             if ind < indent or (ind == indent and not body.startswith("-")):
                 return out
             if ind != indent:
                 raise _Unsure
+
+
+def _flow_next(text: str, pos: int, close: str, first: bool = False) -> tuple[int, bool]:
+    """Past the spaces (and, between items, the ", ") at text[pos] in a flow collection: (where the
+    next item starts, False), or (just past `close`, True) at its end."""
+    pos = _SPACES.match(text, pos).end()
+    if text.startswith(close, pos):
+        return pos + 1, True
+    if first:
+        return pos, False
+    if not text.startswith(", ", pos):
+        raise _Unsure
+    return _SPACES.match(text, pos + 1).end(), False
 
 
 def read_service(text: str, line0: int, marks: bool = True) -> tuple[str, Any, Marks | None, int, list[int]] | None:
