@@ -92,3 +92,21 @@ def test_unreadable_file_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
     code, _out, err = run_check(tmp_path, capsys)
     assert code == cli.EXIT_USAGE
     assert "is a directory" in err
+
+
+def test_one_shot_commands_run_without_the_cyclic_gc_and_restore_it(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    seen: list[bool] = []
+    real = cli.cmd_check
+
+    def spy(args: object) -> int:
+        seen.append(gc.isenabled())
+        return real(args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "cmd_check", spy)
+    assert gc.isenabled()
+    code, _out, _err = run_check(REPO / "ipvsync.yaml.example", capsys)
+    assert code == 0 and seen == [False]  # collector off while the command ran
+    assert gc.isenabled()  # and on again for an in-process caller
